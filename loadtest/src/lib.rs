@@ -1,0 +1,1 @@
+//! Switchyard load-test harness and mock LLM provider.
