@@ -1,0 +1,390 @@
+//! The request path for model calls, stage by stage (see
+//! `docs/architecture.md`):
+//!
+//! 1. parse the client's body in its API shape ([`crate::formats`]) → 400;
+//! 2. resolve the public model name to a route ([`crate::config`]) → 404;
+//! 3. run the attempt loop ([`crate::routing`]) over the route's targets;
+//! 4. answer: a JSON body, or an SSE stream pumped chunk by chunk from the
+//!    provider, re-encoded in the client's shape, ending with an explicit
+//!    error event if the provider's stream breaks;
+//! 5. account ([`crate::usage`]) and record ([`crate::telemetry`]) the call.
+//!
+//! The HTTP server glue lives in [`crate::server`]; this module only sees a
+//! [`Downstream`] to write to, which keeps it independent of Pingora.
+
+use crate::config::{EdgeConfig, Route};
+use crate::error::{ApiError, ErrorKind};
+use crate::formats::{self, ApiFormat, ChatRequest, StreamEncoder, Usage};
+use crate::routing::{OpenStream, Router, Success};
+use crate::telemetry::log::{CallLog, CallLogger, Tags};
+use crate::telemetry::metrics;
+use crate::upstream::UpstreamClient;
+use crate::usage;
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderName};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::time::Instant;
+
+/// Where the response goes. Implemented over Pingora's server session.
+#[async_trait::async_trait]
+pub trait Downstream: Send {
+    /// Writes a complete response.
+    async fn respond(&mut self, status: u16, headers: &[(HeaderName, String)], body: Bytes) -> std::io::Result<()>;
+    /// Writes the head of a streamed (chunked) response.
+    async fn start_stream(&mut self, status: u16, headers: &[(HeaderName, String)]) -> std::io::Result<()>;
+    /// Writes a chunk; `end` finishes the response.
+    async fn send(&mut self, data: Bytes, end: bool) -> std::io::Result<()>;
+}
+
+/// Request metadata the gateway needs besides the body.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    pub path: String,
+    pub trace_id: String,
+    pub tags: Tags,
+}
+
+/// Everything shared by all requests on an edge.
+pub struct Gateway {
+    pub config: Arc<ArcSwap<EdgeConfig>>,
+    pub client: Arc<UpstreamClient>,
+    pub router: Arc<Router>,
+    pub logger: CallLogger,
+    pub node_id: String,
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Picks the trace id: a sane `x-request-id`, else the W3C `traceparent`
+/// trace id, else a fresh random id.
+pub fn trace_id(request_id: Option<&str>, traceparent: Option<&str>) -> String {
+    if let Some(id) = request_id {
+        let id = id.trim();
+        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+            return id.to_string();
+        }
+    }
+    if let Some(tp) = traceparent {
+        let mut parts = tp.trim().split('-');
+        if let (Some(_ver), Some(tid)) = (parts.next(), parts.next()) {
+            if tid.len() == 32 && tid.bytes().all(|b| b.is_ascii_hexdigit()) && tid != "0".repeat(32) {
+                return tid.to_ascii_lowercase();
+            }
+        }
+    }
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl Gateway {
+    fn base_log(&self, cfg: &EdgeConfig, fmt: ApiFormat, meta: &RequestMeta) -> CallLog {
+        CallLog {
+            ts: now_rfc3339(),
+            trace_id: meta.trace_id.clone(),
+            node_id: self.node_id.clone(),
+            region: self.router.home_region.clone(),
+            config_version: cfg.version,
+            api: fmt.as_str(),
+            path: meta.path.clone(),
+            tags: meta.tags.clone(),
+            ..CallLog::default()
+        }
+    }
+
+    /// Answers an error in the caller's shape and logs the call.
+    pub async fn reject(
+        &self,
+        fmt: ApiFormat,
+        meta: &RequestMeta,
+        err: &ApiError,
+        started: Instant,
+        down: &mut dyn Downstream,
+    ) {
+        let cfg = self.config.load();
+        let mut log = self.base_log(&cfg, fmt, meta);
+        log.status = err.status();
+        log.error_type = Some(err.kind.label());
+        log.error_message = Some(err.message.clone());
+        log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics::rejected(err.kind.label());
+        let _ = down
+            .respond(err.status(), &error_headers(err, &meta.trace_id), Bytes::from(err.body(fmt)))
+            .await;
+        self.logger.emit(&log);
+    }
+
+    /// Serves one model call.
+    pub async fn chat(
+        &self,
+        fmt: ApiFormat,
+        body: Bytes,
+        meta: RequestMeta,
+        started: Instant,
+        down: &mut dyn Downstream,
+    ) {
+        let cfg = self.config.load_full();
+        let mut log = self.base_log(&cfg, fmt, &meta);
+        let outcome = self.chat_inner(&cfg, fmt, &body, &meta, started, &mut log, down).await;
+        if let Err(err) = outcome {
+            log.status = err.status();
+            log.error_type = Some(err.kind.label());
+            log.error_message = Some(err.message.clone());
+            let _ = down
+                .respond(err.status(), &error_headers(&err, &meta.trace_id), Bytes::from(err.body(fmt)))
+                .await;
+        }
+        log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics::call(&metrics::CallMetrics {
+            api: log.api,
+            route: log.route.as_deref().unwrap_or("-"),
+            model: log.model_served.as_deref().unwrap_or("-"),
+            provider: log.provider.as_deref().unwrap_or("-"),
+            status: log.status,
+            error_type: log.error_type.unwrap_or("none"),
+            duration_s: log.latency_ms / 1000.0,
+            ttft_s: log.ttft_ms.map(|t| t / 1000.0),
+            input_tokens: log.input_tokens,
+            output_tokens: log.output_tokens,
+            cached_tokens: log.cached_tokens,
+            cost_usd: log.cost_usd,
+        });
+        self.logger.emit(&log);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn chat_inner(
+        &self,
+        cfg: &EdgeConfig,
+        fmt: ApiFormat,
+        body: &[u8],
+        meta: &RequestMeta,
+        started: Instant,
+        log: &mut CallLog,
+        down: &mut dyn Downstream,
+    ) -> Result<(), ApiError> {
+        let req = formats::parse_request(fmt, body)?;
+        log.stream = req.stream;
+        log.model_requested = Some(req.model.clone());
+        log.temperature = req.temperature;
+        log.max_tokens = req.max_tokens;
+        let prompt = req.prompt_text();
+        log.prompt_sha256 = Some(sha256_hex(&prompt));
+        let route = cfg.routes.get(&req.model).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("The model `{}` does not exist or you do not have access to it.", req.model),
+            )
+            .with_param("model")
+            .with_code("model_not_found")
+        })?;
+        log.route = Some(route.name.clone());
+        if route.log_bodies {
+            log.prompt = Some(prompt);
+        }
+        let deadline = started + route.timeouts.total;
+        let routed = match tokio::time::timeout_at(
+            deadline,
+            self.router.execute(&self.client, &route, &req, started, deadline),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::Timeout,
+                    format!("model `{}` did not answer within the deadline", route.name),
+                )
+                .with_code("deadline_exceeded"))
+            }
+        };
+        log.attempts = routed.attempts;
+        if let Some(t) = &routed.target {
+            log.provider = Some(t.provider.name.clone());
+            log.model_served = Some(t.model.clone());
+        }
+        let success = routed.result?;
+        let target = routed.target.ok_or_else(|| ApiError::internal("attempt loop returned no target"))?;
+        let price = cfg.prices.get(&target.model).copied();
+        log.priced = price.is_some();
+        match success {
+            Success::Full(resp) => {
+                log.ttft_ms = routed.ttfb.map(|d| d.as_secs_f64() * 1000.0);
+                account(log, &resp.usage, price);
+                log.tool_calls = resp.tool_call_names();
+                if route.log_bodies {
+                    log.response = Some(resp.text());
+                }
+                let out = formats::encode_response(fmt, &resp, &req.model);
+                log.status = 200;
+                log.complete = true;
+                let headers = [
+                    (header::CONTENT_TYPE, "application/json".to_string()),
+                    (HeaderName::from_static("x-request-id"), meta.trace_id.clone()),
+                ];
+                // A failed write means the client left; the call is still
+                // accounted and logged.
+                let _ = down.respond(200, &headers, Bytes::from(out)).await;
+                Ok(())
+            }
+            Success::Stream(open) => {
+                self.pump_stream(fmt, &req, &route, open, meta, started, deadline, price, log, down)
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Relays a started stream to the client. Ends with the client shape's
+    /// terminator only if the provider's stream completed; otherwise with an
+    /// explicit error event. Partial usage is always accounted.
+    #[allow(clippy::too_many_arguments)]
+    async fn pump_stream(
+        &self,
+        fmt: ApiFormat,
+        req: &ChatRequest,
+        route: &Route,
+        open: OpenStream,
+        meta: &RequestMeta,
+        started: Instant,
+        deadline: Instant,
+        price: Option<crate::config::Price>,
+        log: &mut CallLog,
+        down: &mut dyn Downstream,
+    ) {
+        let OpenStream {
+            mut response,
+            mut decoder,
+            pending,
+        } = open;
+        let headers = [
+            (header::CONTENT_TYPE, "text/event-stream".to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (HeaderName::from_static("x-request-id"), meta.trace_id.clone()),
+        ];
+        log.status = 200;
+        let mut enc = StreamEncoder::new(fmt, &req.model, req.include_usage);
+        let mut buf = BytesMut::with_capacity(4096);
+        for ev in &pending {
+            enc.encode(ev, &mut buf);
+        }
+        if down.start_stream(200, &headers).await.is_err() {
+            log.error_type = Some("client_closed");
+            log.status = 499;
+            account(log, &decoder.usage(), price);
+            return;
+        }
+        log.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let mut text = route.log_bodies.then(String::new);
+        let mut failure: Option<(&'static str, String)> = None;
+        let mut client_gone = false;
+        loop {
+            if !buf.is_empty() && down.send(buf.split().freeze(), false).await.is_err() {
+                client_gone = true;
+                break;
+            }
+            if decoder.is_complete() {
+                break;
+            }
+            let idle = route.timeouts.idle.min(deadline.saturating_duration_since(Instant::now()));
+            match response.next_chunk(idle).await {
+                Ok(Some(chunk)) => match decoder.feed(&chunk) {
+                    Ok(events) => {
+                        for ev in &events {
+                            if let Some(t) = text.as_mut() {
+                                t.push_str(&formats::event_text(ev));
+                            }
+                            enc.encode(ev, &mut buf);
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(("upstream_stream_error", e.message));
+                        break;
+                    }
+                },
+                Ok(None) => {
+                    if !decoder.is_complete() {
+                        failure = Some(("upstream_stream_cut", "the provider's stream ended before the answer was complete".into()));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let kind = if e.is_timeout() { "upstream_stream_timeout" } else { "upstream_stream_cut" };
+                    failure = Some((kind, format!("the provider's stream broke: {e}")));
+                    break;
+                }
+            }
+        }
+        if client_gone {
+            // Dropping `response` closes the upstream connection: no leaked
+            // upstream work.
+            log.status = 499;
+            log.error_type = Some("client_closed");
+            metrics::stream_incomplete(&route.name, "client_closed");
+        } else if let Some((kind, message)) = failure {
+            enc.error(
+                if fmt == ApiFormat::Anthropic { "api_error" } else { "server_error" },
+                &message,
+                &mut buf,
+            );
+            let _ = down.send(buf.split().freeze(), true).await;
+            log.error_type = Some(kind);
+            log.error_message = Some(message);
+            metrics::stream_incomplete(&route.name, kind);
+        } else {
+            enc.finish(&mut buf);
+            let _ = down.send(buf.split().freeze(), true).await;
+            log.complete = true;
+            self.client.release(response).await;
+        }
+        log.response = text;
+        log.tool_calls = decoder.tool_call_names();
+        account(log, &decoder.usage(), price);
+    }
+}
+
+fn account(log: &mut CallLog, u: &Usage, price: Option<crate::config::Price>) {
+    log.input_tokens = u.input_tokens;
+    log.output_tokens = u.output_tokens;
+    log.cached_tokens = u.cached_input_tokens;
+    log.cost_usd = price.map_or(0.0, |p| usage::cost_usd(&p, u));
+}
+
+/// Headers for an error response: JSON, the trace id, and `Retry-After`
+/// (whole seconds, rounded up) when the error carries one.
+pub fn error_headers(err: &ApiError, trace_id: &str) -> Vec<(HeaderName, String)> {
+    let mut h = vec![
+        (header::CONTENT_TYPE, "application/json".to_string()),
+        (HeaderName::from_static("x-request-id"), trace_id.to_string()),
+    ];
+    if let Some(d) = err.retry_after {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        h.push((header::RETRY_AFTER, secs.max(1).to_string()));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_sources() {
+        assert_eq!(trace_id(Some("abc-123"), None), "abc-123");
+        assert_eq!(
+            trace_id(None, Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let bad = "x".repeat(200);
+        let generated = trace_id(Some(&bad), Some("garbage"));
+        assert_eq!(generated.len(), 32);
+        assert_ne!(trace_id(None, None), trace_id(None, None));
+    }
+}

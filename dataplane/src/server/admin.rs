@@ -1,0 +1,75 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (process alive),
+//! `/readyz` (config loaded and serving), `/admin/health` (live health and
+//! ejection state of every target), `/admin/config` (version served).
+
+use crate::gateway::Gateway;
+use async_trait::async_trait;
+use http::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub struct AdminApp {
+    pub gateway: Arc<Gateway>,
+    pub metrics: PrometheusHandle,
+    /// Cleared when shutdown starts so load balancers drain this edge.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let _ = session.drain_request_body().await;
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.ready.load(Ordering::Relaxed) {
+                    reply(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(503, "text/plain", b"not ready\n".to_vec())
+                }
+            }
+            "/admin/health" => {
+                let cfg = self.gateway.config.load();
+                let mut ids: Vec<(String, String)> = cfg
+                    .routes
+                    .values()
+                    .flat_map(|r| r.targets().map(|t| (t.provider.name.clone(), t.id.clone())))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let view = self.gateway.router.health.view(&ids, tokio::time::Instant::now());
+                let body = serde_json::json!({
+                    "region": self.gateway.router.home_region,
+                    "targets": view,
+                });
+                reply(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+            }
+            "/admin/config" => {
+                let cfg = self.gateway.config.load();
+                let body = serde_json::json!({
+                    "version": cfg.version,
+                    "routes": cfg.routes.keys().collect::<Vec<_>>(),
+                    "providers": cfg.providers.keys().collect::<Vec<_>>(),
+                });
+                reply(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+            }
+            _ => reply(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The structured per-call log: one JSON object per line, per call.
+//!
+//! Lines are written by a dedicated thread so the request path never blocks
+//! on I/O; the channel is unbounded so no line is dropped (memory is bounded
+//! in practice by the writer keeping up; a stuck sink is an operator problem
+//! that shows as growing RSS, never as lost records).
+
+use crate::routing::AttemptRecord;
+use serde::Serialize;
+use std::io::Write;
+use std::sync::mpsc;
+
+/// Attribution tags taken from request headers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// One call, as logged.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallLog {
+    pub ts: String,
+    pub trace_id: String,
+    pub node_id: String,
+    pub region: String,
+    pub config_version: u64,
+    /// `openai` or `anthropic`: the API shape the client spoke.
+    pub api: &'static str,
+    pub path: String,
+    pub route: Option<String>,
+    pub model_requested: Option<String>,
+    pub model_served: Option<String>,
+    pub provider: Option<String>,
+    pub stream: bool,
+    pub attempts: Vec<AttemptRecord>,
+    pub status: u16,
+    pub error_type: Option<&'static str>,
+    pub error_message: Option<String>,
+    /// For streams: whether the client received a complete answer.
+    pub complete: bool,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+    /// False when the served model has no entry in the price table.
+    pub priced: bool,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub tool_calls: Vec<String>,
+    pub tags: Tags,
+    pub prompt_sha256: Option<String>,
+    /// Full prompt and response: only when the route has `log_bodies: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// Where call log lines go.
+#[derive(Clone)]
+pub struct CallLogger {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl CallLogger {
+    /// Starts the writer thread over `sink` (stdout or a file).
+    pub fn spawn(mut sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("switchyard-call-log".into())
+            .spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let _ = sink.write_all(&line);
+                    // Batch whatever is queued, then flush once.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = sink.write_all(&more);
+                    }
+                    let _ = sink.flush();
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    pub fn emit(&self, log: &CallLog) {
+        if let Ok(mut line) = serde_json::to_vec(log) {
+            line.push(b'\n');
+            let _ = self.tx.send(line);
+        }
+    }
+}

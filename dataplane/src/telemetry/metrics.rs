@@ -1,0 +1,120 @@
+//! Metric names and the recorder. Every metric the edge emits is defined
+//! here so names stay consistent and documented (`docs/metrics.md`).
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const TTFT: &str = "switchyard_ttft_seconds";
+pub const TOKENS: &str = "switchyard_tokens_total";
+pub const COST: &str = "switchyard_cost_usd_total";
+pub const UPSTREAM_ATTEMPTS: &str = "switchyard_upstream_attempts_total";
+pub const FAILOVERS: &str = "switchyard_failovers_total";
+pub const EJECTIONS: &str = "switchyard_target_ejections_total";
+pub const RETRY_BUDGET_EXHAUSTED: &str = "switchyard_retry_budget_exhausted_total";
+pub const PROVIDER_UP: &str = "switchyard_provider_up";
+pub const STREAMS_INCOMPLETE: &str = "switchyard_streams_incomplete_total";
+pub const REJECTED: &str = "switchyard_rejected_requests_total";
+pub const CONFIG_VERSION: &str = "switchyard_config_version";
+
+/// Installs the global Prometheus recorder and returns its handle. Call
+/// `handle.run_upkeep()` periodically (the edge does every 5 s).
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let latency = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full(TTFT.into()), &latency)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder(e))?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "Client requests by api, route, provider, status and error type.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Total request latency as seen by the edge.");
+    describe_histogram!(TTFT, Unit::Seconds, "Time to first token (streams) or first byte (non-streamed).");
+    describe_counter!(TOKENS, "Tokens by route, model, provider and kind (input, output, cached).");
+    describe_counter!(COST, "Cost in USD by route, model and provider (from the price table).");
+    describe_counter!(UPSTREAM_ATTEMPTS, "Upstream attempts by target and outcome (ok or error label).");
+    describe_counter!(FAILOVERS, "Moves to another target by route, target moved to, and reason.");
+    describe_counter!(EJECTIONS, "Target ejections by target and reason.");
+    describe_counter!(RETRY_BUDGET_EXHAUSTED, "Retries skipped because the retry budget was spent.");
+    describe_gauge!(PROVIDER_UP, "1 when a provider's active probes pass, 0 when it is marked down.");
+    describe_counter!(STREAMS_INCOMPLETE, "Streams that ended with an error event after content was sent.");
+    describe_counter!(REJECTED, "Requests rejected before routing, by reason.");
+    describe_gauge!(CONFIG_VERSION, "Config version this edge serves.");
+}
+
+/// Everything recorded once per finished call.
+pub struct CallMetrics<'a> {
+    pub api: &'static str,
+    pub route: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub status: u16,
+    pub error_type: &'a str,
+    pub duration_s: f64,
+    pub ttft_s: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+}
+
+pub fn call(m: &CallMetrics<'_>) {
+    let status = m.status.to_string();
+    counter!(REQUESTS, "api" => m.api, "route" => m.route.to_string(), "provider" => m.provider.to_string(), "status" => status, "error_type" => m.error_type.to_string()).increment(1);
+    histogram!(REQUEST_DURATION, "route" => m.route.to_string(), "provider" => m.provider.to_string()).record(m.duration_s);
+    if let Some(t) = m.ttft_s {
+        histogram!(TTFT, "route" => m.route.to_string(), "provider" => m.provider.to_string()).record(t);
+    }
+    for (kind, n) in [("input", m.input_tokens), ("output", m.output_tokens), ("cached", m.cached_tokens)] {
+        if n > 0 {
+            counter!(TOKENS, "route" => m.route.to_string(), "model" => m.model.to_string(), "provider" => m.provider.to_string(), "kind" => kind).increment(n);
+        }
+    }
+    if m.cost_usd > 0.0 {
+        // Prometheus counters are floats; metrics' counter is u64, so cost is
+        // accumulated through an absolute f64 gauge kept monotonic here.
+        gauge!(COST, "route" => m.route.to_string(), "model" => m.model.to_string(), "provider" => m.provider.to_string()).increment(m.cost_usd);
+    }
+}
+
+pub fn attempt(target: &str, outcome: &'static str) {
+    counter!(UPSTREAM_ATTEMPTS, "target" => target.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn failover(route: &str, to_target: &str, reason: &'static str) {
+    counter!(FAILOVERS, "route" => route.to_string(), "to" => to_target.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn ejection(target: &str, reason: &'static str) {
+    counter!(EJECTIONS, "target" => target.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn retry_budget_exhausted(route: &str) {
+    counter!(RETRY_BUDGET_EXHAUSTED, "route" => route.to_string()).increment(1);
+}
+
+pub fn provider_probe_state(provider: &str, down: bool) {
+    gauge!(PROVIDER_UP, "provider" => provider.to_string()).set(if down { 0.0 } else { 1.0 });
+}
+
+pub fn stream_incomplete(route: &str, reason: &'static str) {
+    counter!(STREAMS_INCOMPLETE, "route" => route.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn rejected(reason: &'static str) {
+    counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn config_version(version: u64) {
+    gauge!(CONFIG_VERSION).set(version as f64);
+}
