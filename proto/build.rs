@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .map(|p| p.display().to_string())
         .collect();
+    println!("cargo:rerun-if-changed=proto");
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

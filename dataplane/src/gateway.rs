@@ -14,7 +14,7 @@
 
 use crate::config::{EdgeConfig, Route};
 use crate::error::{ApiError, ErrorKind};
-use crate::formats::{self, ApiFormat, ChatRequest, StreamEncoder, Usage};
+use crate::formats::{self, ApiFormat, BlockKind, ChatRequest, StreamEncoder, StreamEvent, Usage};
 use crate::routing::{OpenStream, Router, Success};
 use crate::telemetry::log::{CallLog, CallLogger, Tags};
 use crate::telemetry::metrics;
@@ -272,7 +272,10 @@ impl Gateway {
         log.status = 200;
         let mut enc = StreamEncoder::new(fmt, &req.model, req.include_usage);
         let mut buf = BytesMut::with_capacity(4096);
+        let mut text = route.log_bodies.then(String::new);
+        let mut tool_calls = Vec::new();
         for ev in &pending {
+            observe(ev, &mut text, &mut tool_calls);
             enc.encode(ev, &mut buf);
         }
         if down.start_stream(200, &headers).await.is_err() {
@@ -282,7 +285,6 @@ impl Gateway {
             return;
         }
         log.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        let mut text = route.log_bodies.then(String::new);
         let mut failure: Option<(&'static str, String)> = None;
         let mut client_gone = false;
         loop {
@@ -298,9 +300,7 @@ impl Gateway {
                 Ok(Some(chunk)) => match decoder.feed(&chunk) {
                     Ok(events) => {
                         for ev in &events {
-                            if let Some(t) = text.as_mut() {
-                                t.push_str(&formats::event_text(ev));
-                            }
+                            observe(ev, &mut text, &mut tool_calls);
                             enc.encode(ev, &mut buf);
                         }
                     }
@@ -345,9 +345,37 @@ impl Gateway {
             self.client.release(response).await;
         }
         log.response = text;
-        log.tool_calls = decoder.tool_call_names();
-        account(log, &decoder.usage(), price);
+        log.tool_calls = tool_calls;
+        let mut usage = decoder.usage();
+        if usage.input_tokens == 0 && !decoder.is_complete() {
+            // OpenAI reports prompt tokens only at the end of a stream; a cut
+            // stream is charged for its prompt by estimate (~4 chars/token).
+            usage.input_tokens = estimate_tokens(&req.prompt_text());
+            log.usage_estimated = true;
+        }
+        account(log, &usage, price);
     }
+}
+
+/// Collects what the call log needs from stream events.
+fn observe(ev: &StreamEvent, text: &mut Option<String>, tool_calls: &mut Vec<String>) {
+    match ev {
+        StreamEvent::TextDelta { text: t, .. } => {
+            if let Some(buf) = text.as_mut() {
+                buf.push_str(t);
+            }
+        }
+        StreamEvent::BlockStart {
+            block: BlockKind::ToolUse { name, .. },
+            ..
+        } => tool_calls.push(name.clone()),
+        _ => {}
+    }
+}
+
+/// Rough token count of `text` (~4 characters per token), at least 1.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4).max(1)
 }
 
 fn account(log: &mut CallLog, u: &Usage, price: Option<crate::config::Price>) {

@@ -295,7 +295,7 @@ impl HttpServerApp for EdgeApp {
         }
         let persistent = pingora_core::apps::HttpPersistentSettings::for_session(&session);
         match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, Some(persistent))),
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
             _ => None,
         }
     }

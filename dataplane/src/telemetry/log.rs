@@ -51,6 +51,9 @@ pub struct CallLog {
     pub cost_usd: f64,
     /// False when the served model has no entry in the price table.
     pub priced: bool,
+    /// True when some token counts are estimates (a cut stream whose
+    /// provider never reported prompt tokens).
+    pub usage_estimated: bool,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
     pub tool_calls: Vec<String>,
