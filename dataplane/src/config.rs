@@ -384,7 +384,11 @@ fn compile_route(
     let timeouts = merge_timeouts(&path, r.timeouts.as_ref(), defaults.timeouts.as_ref())?;
     let cache = match &r.cache {
         Some(c) if c.enabled => Some(CacheSettings {
-            ttl: parse_duration(&format!("{path}.cache.ttl"), &c.ttl, Duration::from_secs(300))?,
+            ttl: parse_duration(
+                &format!("{path}.cache.ttl"),
+                &c.ttl,
+                Duration::from_secs(300),
+            )?,
             max_entry_bytes: if c.max_entry_bytes == 0 {
                 1 << 20
             } else {
@@ -427,15 +431,29 @@ fn merge_retry(
     r: Option<&proto::RetryPolicy>,
     d: Option<&proto::RetryPolicy>,
 ) -> Result<RetrySettings, FieldError> {
-    let base = pick(r.map(|r| r.backoff_base.as_str()), d.map(|d| d.backoff_base.as_str()));
-    let max = pick(r.map(|r| r.backoff_max.as_str()), d.map(|d| d.backoff_max.as_str()));
+    let base = pick(
+        r.map(|r| r.backoff_base.as_str()),
+        d.map(|d| d.backoff_base.as_str()),
+    );
+    let max = pick(
+        r.map(|r| r.backoff_max.as_str()),
+        d.map(|d| d.backoff_max.as_str()),
+    );
     Ok(RetrySettings {
         max_retries: r
             .and_then(|r| r.max_retries)
             .or(d.and_then(|d| d.max_retries))
             .unwrap_or(2),
-        backoff_base: parse_duration(&format!("{path}.retry.backoff_base"), base, Duration::from_millis(50))?,
-        backoff_max: parse_duration(&format!("{path}.retry.backoff_max"), max, Duration::from_secs(1))?,
+        backoff_base: parse_duration(
+            &format!("{path}.retry.backoff_base"),
+            base,
+            Duration::from_millis(50),
+        )?,
+        backoff_max: parse_duration(
+            &format!("{path}.retry.backoff_max"),
+            max,
+            Duration::from_secs(1),
+        )?,
         budget_ratio: r
             .and_then(|r| r.budget_ratio)
             .or(d.and_then(|d| d.budget_ratio))
@@ -477,7 +495,11 @@ fn compile_limits(s: Option<&proto::ServerLimits>) -> Result<ServerLimits, Field
         } else {
             usize::try_from(s.max_header_bytes).unwrap_or(usize::MAX)
         },
-        header_timeout: parse_duration("server.header_timeout", &s.header_timeout, d.header_timeout)?,
+        header_timeout: parse_duration(
+            "server.header_timeout",
+            &s.header_timeout,
+            d.header_timeout,
+        )?,
         body_timeout: parse_duration("server.body_timeout", &s.body_timeout, d.body_timeout)?,
     })
 }
@@ -499,7 +521,10 @@ mod tests {
         let cfg = EdgeConfig::compile(doc(BASE), 7, &env).unwrap();
         let p = &cfg.providers["p"];
         assert!(p.tls);
-        assert_eq!((p.host.as_str(), p.port, p.base_path.as_str()), ("api.example.com", 443, "/v1"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.base_path.as_str()),
+            ("api.example.com", 443, "/v1")
+        );
         assert_eq!(p.api_key.as_deref(), Some("sk-test"));
         let r = &cfg.routes["m"];
         assert_eq!(r.tiers.len(), 2);

@@ -93,9 +93,7 @@ impl ErrorKind {
             Self::Authentication => "authentication_error",
             Self::PermissionDenied => "permission_error",
             Self::RateLimited | Self::BudgetExceeded => "rate_limit_error",
-            Self::UpstreamError | Self::Unavailable | Self::Timeout | Self::Internal => {
-                "api_error"
-            }
+            Self::UpstreamError | Self::Unavailable | Self::Timeout | Self::Internal => "api_error",
         }
     }
 
@@ -234,8 +232,7 @@ mod tests {
         assert_eq!(o["error"]["code"], "model_not_found");
         assert_eq!(o["error"]["param"], "model");
         assert_eq!(o["error"]["type"], "invalid_request_error");
-        let a: serde_json::Value =
-            serde_json::from_slice(&e.body(ApiFormat::Anthropic)).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&e.body(ApiFormat::Anthropic)).unwrap();
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "not_found_error");
         assert_eq!(a["error"]["message"], "model `x` does not exist");

@@ -31,9 +31,18 @@ use tokio::time::Instant;
 #[async_trait::async_trait]
 pub trait Downstream: Send {
     /// Writes a complete response.
-    async fn respond(&mut self, status: u16, headers: &[(HeaderName, String)], body: Bytes) -> std::io::Result<()>;
+    async fn respond(
+        &mut self,
+        status: u16,
+        headers: &[(HeaderName, String)],
+        body: Bytes,
+    ) -> std::io::Result<()>;
     /// Writes the head of a streamed (chunked) response.
-    async fn start_stream(&mut self, status: u16, headers: &[(HeaderName, String)]) -> std::io::Result<()>;
+    async fn start_stream(
+        &mut self,
+        status: u16,
+        headers: &[(HeaderName, String)],
+    ) -> std::io::Result<()>;
     /// Writes a chunk; `end` finishes the response.
     async fn send(&mut self, data: Bytes, end: bool) -> std::io::Result<()>;
 }
@@ -72,7 +81,10 @@ pub fn trace_id(request_id: Option<&str>, traceparent: Option<&str>) -> String {
     if let Some(tp) = traceparent {
         let mut parts = tp.trim().split('-');
         if let (Some(_ver), Some(tid)) = (parts.next(), parts.next()) {
-            if tid.len() == 32 && tid.bytes().all(|b| b.is_ascii_hexdigit()) && tid != "0".repeat(32) {
+            if tid.len() == 32
+                && tid.bytes().all(|b| b.is_ascii_hexdigit())
+                && tid != "0".repeat(32)
+            {
                 return tid.to_ascii_lowercase();
             }
         }
@@ -116,7 +128,11 @@ impl Gateway {
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         metrics::rejected(err.kind.label());
         let _ = down
-            .respond(err.status(), &error_headers(err, &meta.trace_id), Bytes::from(err.body(fmt)))
+            .respond(
+                err.status(),
+                &error_headers(err, &meta.trace_id),
+                Bytes::from(err.body(fmt)),
+            )
             .await;
         self.logger.emit(&log);
     }
@@ -132,13 +148,19 @@ impl Gateway {
     ) {
         let cfg = self.config.load_full();
         let mut log = self.base_log(&cfg, fmt, &meta);
-        let outcome = self.chat_inner(&cfg, fmt, &body, &meta, started, &mut log, down).await;
+        let outcome = self
+            .chat_inner(&cfg, fmt, &body, &meta, started, &mut log, down)
+            .await;
         if let Err(err) = outcome {
             log.status = err.status();
             log.error_type = Some(err.kind.label());
             log.error_message = Some(err.message.clone());
             let _ = down
-                .respond(err.status(), &error_headers(&err, &meta.trace_id), Bytes::from(err.body(fmt)))
+                .respond(
+                    err.status(),
+                    &error_headers(&err, &meta.trace_id),
+                    Bytes::from(err.body(fmt)),
+                )
                 .await;
         }
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -180,7 +202,10 @@ impl Gateway {
         let route = cfg.routes.get(&req.model).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
-                format!("The model `{}` does not exist or you do not have access to it.", req.model),
+                format!(
+                    "The model `{}` does not exist or you do not have access to it.",
+                    req.model
+                ),
             )
             .with_param("model")
             .with_code("model_not_found")
@@ -192,7 +217,8 @@ impl Gateway {
         let deadline = started + route.timeouts.total;
         let routed = match tokio::time::timeout_at(
             deadline,
-            self.router.execute(&self.client, &route, &req, started, deadline),
+            self.router
+                .execute(&self.client, &route, &req, started, deadline),
         )
         .await
         {
@@ -211,7 +237,9 @@ impl Gateway {
             log.model_served = Some(t.model.clone());
         }
         let success = routed.result?;
-        let target = routed.target.ok_or_else(|| ApiError::internal("attempt loop returned no target"))?;
+        let target = routed
+            .target
+            .ok_or_else(|| ApiError::internal("attempt loop returned no target"))?;
         let price = cfg.prices.get(&target.model).copied();
         log.priced = price.is_some();
         match success {
@@ -227,7 +255,10 @@ impl Gateway {
                 log.complete = true;
                 let headers = [
                     (header::CONTENT_TYPE, "application/json".to_string()),
-                    (HeaderName::from_static("x-request-id"), meta.trace_id.clone()),
+                    (
+                        HeaderName::from_static("x-request-id"),
+                        meta.trace_id.clone(),
+                    ),
                 ];
                 // A failed write means the client left; the call is still
                 // accounted and logged.
@@ -235,8 +266,10 @@ impl Gateway {
                 Ok(())
             }
             Success::Stream(open) => {
-                self.pump_stream(fmt, &req, &route, open, meta, started, deadline, price, log, down)
-                    .await;
+                self.pump_stream(
+                    fmt, &req, &route, open, meta, started, deadline, price, log, down,
+                )
+                .await;
                 Ok(())
             }
         }
@@ -267,7 +300,10 @@ impl Gateway {
         let headers = [
             (header::CONTENT_TYPE, "text/event-stream".to_string()),
             (header::CACHE_CONTROL, "no-cache".to_string()),
-            (HeaderName::from_static("x-request-id"), meta.trace_id.clone()),
+            (
+                HeaderName::from_static("x-request-id"),
+                meta.trace_id.clone(),
+            ),
         ];
         log.status = 200;
         let mut enc = StreamEncoder::new(fmt, &req.model, req.include_usage);
@@ -295,7 +331,10 @@ impl Gateway {
             if decoder.is_complete() {
                 break;
             }
-            let idle = route.timeouts.idle.min(deadline.saturating_duration_since(Instant::now()));
+            let idle = route
+                .timeouts
+                .idle
+                .min(deadline.saturating_duration_since(Instant::now()));
             match response.next_chunk(idle).await {
                 Ok(Some(chunk)) => match decoder.feed(&chunk) {
                     Ok(events) => {
@@ -311,12 +350,19 @@ impl Gateway {
                 },
                 Ok(None) => {
                     if !decoder.is_complete() {
-                        failure = Some(("upstream_stream_cut", "the provider's stream ended before the answer was complete".into()));
+                        failure = Some((
+                            "upstream_stream_cut",
+                            "the provider's stream ended before the answer was complete".into(),
+                        ));
                     }
                     break;
                 }
                 Err(e) => {
-                    let kind = if e.is_timeout() { "upstream_stream_timeout" } else { "upstream_stream_cut" };
+                    let kind = if e.is_timeout() {
+                        "upstream_stream_timeout"
+                    } else {
+                        "upstream_stream_cut"
+                    };
                     failure = Some((kind, format!("the provider's stream broke: {e}")));
                     break;
                 }
@@ -330,7 +376,11 @@ impl Gateway {
             metrics::stream_incomplete(&route.name, "client_closed");
         } else if let Some((kind, message)) = failure {
             enc.error(
-                if fmt == ApiFormat::Anthropic { "api_error" } else { "server_error" },
+                if fmt == ApiFormat::Anthropic {
+                    "api_error"
+                } else {
+                    "server_error"
+                },
                 &message,
                 &mut buf,
             );
@@ -390,7 +440,10 @@ fn account(log: &mut CallLog, u: &Usage, price: Option<crate::config::Price>) {
 pub fn error_headers(err: &ApiError, trace_id: &str) -> Vec<(HeaderName, String)> {
     let mut h = vec![
         (header::CONTENT_TYPE, "application/json".to_string()),
-        (HeaderName::from_static("x-request-id"), trace_id.to_string()),
+        (
+            HeaderName::from_static("x-request-id"),
+            trace_id.to_string(),
+        ),
     ];
     if let Some(d) = err.retry_after {
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -407,7 +460,10 @@ mod tests {
     fn trace_id_sources() {
         assert_eq!(trace_id(Some("abc-123"), None), "abc-123");
         assert_eq!(
-            trace_id(None, Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")),
+            trace_id(
+                None,
+                Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")
+            ),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         let bad = "x".repeat(200);

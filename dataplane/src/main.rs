@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard-edge", version, about = "Switchyard LLM gateway edge node")]
+#[command(
+    name = "switchyard-edge",
+    version,
+    about = "Switchyard LLM gateway edge node"
+)]
 struct Args {
     /// YAML config file (same format the control plane serves).
     #[arg(long, env = "SWITCHYARD_CONFIG")]

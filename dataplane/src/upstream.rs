@@ -74,7 +74,13 @@ impl UpstreamError {
     /// The provider said the request itself is bad: retrying anywhere is
     /// pointless and the client should see the error.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Self::Status { status: 400 | 404 | 413 | 422, .. })
+        matches!(
+            self,
+            Self::Status {
+                status: 400 | 404 | 413 | 422,
+                ..
+            }
+        )
     }
 
     /// Rate limited by the provider: eject the target and move on at once.
@@ -222,7 +228,10 @@ impl UpstreamClient {
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| classify_connect(&e))?;
-            match self.exchange(&mut session, provider, req, first_byte_timeout).await {
+            match self
+                .exchange(&mut session, provider, req, first_byte_timeout)
+                .await
+            {
                 Ok(header_latency) => {
                     return self.finish_header(session, peer, header_latency).await;
                 }
@@ -241,22 +250,31 @@ impl UpstreamClient {
         first_byte_timeout: Duration,
     ) -> Result<Duration, UpstreamError> {
         let io = |e: Box<pingora_error::Error>| UpstreamError::Io(e.to_string());
-        let mut head = RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 3))
-            .map_err(io)?;
-        let host = if (provider.tls && provider.port == 443) || (!provider.tls && provider.port == 80) {
-            provider.host.clone()
-        } else {
-            format!("{}:{}", provider.host, provider.port)
-        };
+        let mut head =
+            RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 3))
+                .map_err(io)?;
+        let host =
+            if (provider.tls && provider.port == 443) || (!provider.tls && provider.port == 80) {
+                provider.host.clone()
+            } else {
+                format!("{}:{}", provider.host, provider.port)
+            };
         head.insert_header("host", host).map_err(io)?;
         for (k, v) in &req.headers {
             head.insert_header(k, v.as_str()).map_err(io)?;
         }
-        head.insert_header("content-length", req.body.len().to_string()).map_err(io)?;
+        head.insert_header("content-length", req.body.len().to_string())
+            .map_err(io)?;
         let sent = Instant::now();
-        session.write_request_header(Box::new(head)).await.map_err(io)?;
+        session
+            .write_request_header(Box::new(head))
+            .await
+            .map_err(io)?;
         if !req.body.is_empty() {
-            session.write_request_body(req.body.clone(), true).await.map_err(io)?;
+            session
+                .write_request_body(req.body.clone(), true)
+                .await
+                .map_err(io)?;
         }
         session.finish_request_body().await.map_err(io)?;
         match tokio::time::timeout(first_byte_timeout, session.read_response_header()).await {
@@ -283,8 +301,8 @@ impl UpstreamClient {
                 .map(str::to_string)
         };
         let content_type = header("content-type").unwrap_or_default();
-        let retry_after = header("retry-after")
-            .and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
         let resp = UpstreamResponse {
             session,
             peer,
@@ -359,12 +377,19 @@ mod tests {
 
     #[test]
     fn error_classes() {
-        let s = |status| UpstreamError::Status { status, retry_after: None, message: String::new() };
+        let s = |status| UpstreamError::Status {
+            status,
+            retry_after: None,
+            message: String::new(),
+        };
         assert!(s(400).is_client_error());
         assert!(!s(503).is_client_error());
         assert!(s(429).is_rate_limit());
         assert_eq!(s(529).label(), "status_529");
         assert_eq!(s(502).label(), "status_5xx");
-        assert_eq!(provider_error_message(br#"{"error":{"message":"slow down"}}"#), "slow down");
+        assert_eq!(
+            provider_error_message(br#"{"error":{"message":"slow down"}}"#),
+            "slow down"
+        );
     }
 }

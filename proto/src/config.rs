@@ -1,7 +1,7 @@
 //! The configuration document: generated types, YAML loading, validation.
 
 #[allow(clippy::all, missing_docs)]
-mod v1 {
+pub(crate) mod v1 {
     tonic::include_proto!("switchyard.config.v1");
 }
 mod load;

@@ -5,6 +5,8 @@
 //!   derives, so the YAML operators write and the protobuf stored in etcd are
 //!   the same types), YAML loading with `${ENV}` expansion and field-path
 //!   errors, and [`config::validate`] which checks cross-references.
+//! - [`control`]: the control-plane gRPC API (operator `ConfigService`,
+//!   edge `EdgeService`) and the envelope versions are stored in.
 //!
 //! ```
 //! let yaml = "providers:\n  mock:\n    kind: openai\n    base_url: http://127.0.0.1:9/v1\nroutes:\n  m:\n    targets: [{provider: mock, model: x}]\n";
@@ -13,3 +15,4 @@
 //! ```
 
 pub mod config;
+pub mod control;

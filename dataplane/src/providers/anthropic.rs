@@ -9,7 +9,10 @@ use crate::upstream::UpstreamRequest;
 pub struct AnthropicProvider;
 
 fn auth_headers(provider: &ProviderConfig, headers: &mut Vec<(http::HeaderName, String)>) {
-    headers.push((http::HeaderName::from_static("anthropic-version"), provider.anthropic_version.clone()));
+    headers.push((
+        http::HeaderName::from_static("anthropic-version"),
+        provider.anthropic_version.clone(),
+    ));
     if let Some(key) = &provider.api_key {
         headers.push((http::HeaderName::from_static("x-api-key"), key.clone()));
     }

@@ -66,7 +66,9 @@ pub trait InferenceProvider: Send + Sync {
         let resp = client
             .send(provider, request, limits.connect, limits.first_byte)
             .await?;
-        let body = resp.read_all(client, limits.idle, MAX_RESPONSE_BYTES).await?;
+        let body = resp
+            .read_all(client, limits.idle, MAX_RESPONSE_BYTES)
+            .await?;
         self.parse_response(&body)
             .map_err(|e| UpstreamError::Malformed(e.message))
     }
@@ -119,7 +121,12 @@ fn base_headers(provider: &ProviderConfig, stream: bool) -> Vec<(HeaderName, Str
     h.push((header::CONTENT_TYPE, "application/json".to_string()));
     h.push((
         header::ACCEPT,
-        if stream { "text/event-stream" } else { "application/json" }.to_string(),
+        if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }
+        .to_string(),
     ));
     h.push((
         header::USER_AGENT,

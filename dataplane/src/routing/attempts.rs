@@ -49,6 +49,8 @@ pub struct OpenStream {
     pub pending: Vec<StreamEvent>,
 }
 
+// Produced once per call and moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Success {
     Full(ChatResponse),
     Stream(OpenStream),
@@ -66,26 +68,36 @@ pub struct Routed {
 
 enum Next {
     RetrySame,
-    NextTarget,
+    OtherTarget,
     GiveUp(ApiError),
 }
 
 fn decide(e: &UpstreamError) -> Next {
     match e {
         _ if e.is_client_error() => {
-            let UpstreamError::Status { status, message, .. } = e else {
-                return Next::NextTarget;
+            let UpstreamError::Status {
+                status, message, ..
+            } = e
+            else {
+                return Next::OtherTarget;
             };
             Next::GiveUp(
-                ApiError::new(ErrorKind::InvalidRequest, format!("provider rejected the request: {message}"))
-                    .with_status(*status)
-                    .with_code("upstream_rejected"),
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("provider rejected the request: {message}"),
+                )
+                .with_status(*status)
+                .with_code("upstream_rejected"),
             )
         }
-        _ if e.is_rate_limit() || e.is_timeout() => Next::NextTarget,
-        UpstreamError::Status { status: 401 | 403, .. } => Next::NextTarget,
-        UpstreamError::Status { status, .. } if *status < 500 && *status != 429 => Next::NextTarget,
-        UpstreamError::Resolve { .. } => Next::NextTarget,
+        _ if e.is_rate_limit() || e.is_timeout() => Next::OtherTarget,
+        UpstreamError::Status {
+            status: 401 | 403, ..
+        } => Next::OtherTarget,
+        UpstreamError::Status { status, .. } if *status < 500 && *status != 429 => {
+            Next::OtherTarget
+        }
+        UpstreamError::Resolve { .. } => Next::OtherTarget,
         _ => Next::RetrySame,
     }
 }
@@ -114,11 +126,7 @@ async fn await_first_content(
                     .map_err(|e: FormatError| UpstreamError::Malformed(e.message))?;
                 pending.extend(events);
             }
-            None => {
-                return Err(UpstreamError::Io(
-                    "stream ended before any content".into(),
-                ))
-            }
+            None => return Err(UpstreamError::Io("stream ended before any content".into())),
         }
     }
 }
@@ -145,7 +153,13 @@ impl Router {
         let plan = {
             let mut rng = rand::rng();
             let mut unit = || rand::Rng::random::<f64>(&mut rng);
-            plan(route, &self.health, &self.home_region, Instant::now(), &mut unit)
+            plan(
+                route,
+                &self.health,
+                &self.home_region,
+                Instant::now(),
+                &mut unit,
+            )
         };
         if plan.candidates.is_empty() {
             routed.result = Err(ApiError::new(
@@ -170,18 +184,24 @@ impl Router {
             }
             let provider = &target.provider;
             let adapter = adapter(provider.kind);
-            let request = match adapter.build_request(provider, req, &target.model, route.default_max_tokens) {
-                Ok(r) => r,
-                Err(e) => {
-                    if probation {
-                        self.health.abandon_probation(&target.id);
+            let request =
+                match adapter.build_request(provider, req, &target.model, route.default_max_tokens)
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if probation {
+                            self.health.abandon_probation(&target.id);
+                        }
+                        untranslatable.get_or_insert(e);
+                        continue;
                     }
-                    untranslatable.get_or_insert(e);
-                    continue;
-                }
-            };
+                };
             if tier > 0 || !routed.attempts.is_empty() {
-                metrics::failover(&route.name, &target.id, last_err.as_ref().map_or("untranslatable", |e| e.label()));
+                metrics::failover(
+                    &route.name,
+                    &target.id,
+                    last_err.as_ref().map_or("untranslatable", |e| e.label()),
+                );
             }
             let mut retry = 0u32;
             loop {
@@ -197,7 +217,10 @@ impl Router {
                 };
                 let attempt_start = Instant::now();
                 let result: Result<Success, UpstreamError> = if req.stream {
-                    match adapter.infer_stream(client, provider, &request, limits).await {
+                    match adapter
+                        .infer_stream(client, provider, &request, limits)
+                        .await
+                    {
                         Ok((resp, decoder)) => await_first_content(resp, decoder, limits.idle)
                             .await
                             .map(Success::Stream),
@@ -216,7 +239,8 @@ impl Router {
                             Success::Stream(s) => s.response.header_latency,
                             Success::Full(_) => elapsed,
                         };
-                        self.health.record(&target.id, Outcome::Success { ttfb }, Instant::now());
+                        self.health
+                            .record(&target.id, Outcome::Success { ttfb }, Instant::now());
                         metrics::attempt(&target.id, "ok");
                         routed.attempts.push(AttemptRecord {
                             target: target.id.clone(),
@@ -233,15 +257,23 @@ impl Router {
                     }
                     Err(e) => {
                         let outcome = match &e {
-                            UpstreamError::Status { status: 429, retry_after, .. } => {
+                            UpstreamError::Status {
+                                status: 429,
+                                retry_after,
+                                ..
+                            } => {
                                 let d = retry_after.unwrap_or(Duration::from_secs(30));
                                 rate_limited_for = Some(rate_limited_for.map_or(d, |p| p.min(d)));
-                                Outcome::RateLimited { retry_after: *retry_after }
+                                Outcome::RateLimited {
+                                    retry_after: *retry_after,
+                                }
                             }
                             _ if e.is_client_error() => Outcome::Success { ttfb: elapsed },
                             _ => Outcome::Failure,
                         };
-                        if let Some((reason, _)) = self.health.record(&target.id, outcome, Instant::now()) {
+                        if let Some((reason, _)) =
+                            self.health.record(&target.id, outcome, Instant::now())
+                        {
                             metrics::ejection(&target.id, reason.label());
                         }
                         metrics::attempt(&target.id, e.label());
@@ -264,12 +296,13 @@ impl Router {
                                 routed.result = Err(api);
                                 return routed;
                             }
-                            Next::NextTarget => continue 'targets,
+                            Next::OtherTarget => continue 'targets,
                             Next::RetrySame => {
                                 if retry >= route.retry.max_retries {
                                     continue 'targets;
                                 }
-                                let Some(_slot) = self.budget.try_retry(route.retry.budget_ratio) else {
+                                let Some(_slot) = self.budget.try_retry(route.retry.budget_ratio)
+                                else {
                                     metrics::retry_budget_exhausted(&route.name);
                                     continue 'targets;
                                 };
@@ -290,7 +323,13 @@ impl Router {
                 }
             }
         }
-        routed.result = Err(final_error(route, last_err, untranslatable, rate_limited_for, Instant::now() >= deadline));
+        routed.result = Err(final_error(
+            route,
+            last_err,
+            untranslatable,
+            rate_limited_for,
+            Instant::now() >= deadline,
+        ));
         routed
     }
 }
@@ -303,24 +342,41 @@ fn final_error(
     deadline_passed: bool,
 ) -> ApiError {
     if deadline_passed {
-        return ApiError::new(ErrorKind::Timeout, format!("model `{}` did not answer within the deadline", route.name))
-            .with_code("deadline_exceeded");
+        return ApiError::new(
+            ErrorKind::Timeout,
+            format!("model `{}` did not answer within the deadline", route.name),
+        )
+        .with_code("deadline_exceeded");
     }
     match last {
         None => match untranslatable {
             Some(e) => e.into(),
-            None => ApiError::new(ErrorKind::Unavailable, format!("no healthy target for model `{}`", route.name))
-                .with_code("no_healthy_target")
-                .with_retry_after(Duration::from_secs(1)),
+            None => ApiError::new(
+                ErrorKind::Unavailable,
+                format!("no healthy target for model `{}`", route.name),
+            )
+            .with_code("no_healthy_target")
+            .with_retry_after(Duration::from_secs(1)),
         },
-        Some(e) if e.is_rate_limit() => {
-            ApiError::new(ErrorKind::RateLimited, format!("every target of model `{}` is rate limited by its provider", route.name))
-                .with_code("upstream_rate_limited")
-                .with_retry_after(rate_limited_for.unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1)))
-        }
+        Some(e) if e.is_rate_limit() => ApiError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "every target of model `{}` is rate limited by its provider",
+                route.name
+            ),
+        )
+        .with_code("upstream_rate_limited")
+        .with_retry_after(
+            rate_limited_for
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_secs(1)),
+        ),
         Some(e) if e.is_timeout() => ApiError::new(
             ErrorKind::Timeout,
-            format!("model `{}`: every attempt timed out (last: {e})", route.name),
+            format!(
+                "model `{}`: every attempt timed out (last: {e})",
+                route.name
+            ),
         )
         .with_code("upstream_timeout"),
         Some(e) => ApiError::new(

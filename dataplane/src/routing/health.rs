@@ -171,7 +171,12 @@ impl HealthRegistry {
     }
 
     /// Records the outcome of an attempt. Returns the ejection it caused.
-    pub fn record(&self, target: &str, outcome: Outcome, now: Instant) -> Option<(EjectReason, Duration)> {
+    pub fn record(
+        &self,
+        target: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<(EjectReason, Duration)> {
         let t = self.target(target);
         let mut t = t.lock();
         let on_probation = t.probation_in_flight;
@@ -232,7 +237,11 @@ impl HealthRegistry {
     /// Records an active probe result for a provider. Returns the new
     /// "down" state when it changed.
     pub fn record_probe(&self, provider: &str, ok: bool, error: Option<String>) -> Option<bool> {
-        let p = self.providers.entry(provider.to_string()).or_default().clone();
+        let p = self
+            .providers
+            .entry(provider.to_string())
+            .or_default()
+            .clone();
         let mut p = p.lock();
         let was = p.down;
         if ok {
@@ -317,15 +326,27 @@ mod tests {
             h.record("t", Outcome::Failure, now),
             Some((EjectReason::ConsecutiveFailures, Duration::from_secs(2)))
         );
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Ejected);
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Ejected
+        );
         tokio::time::advance(Duration::from_millis(1999)).await;
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Ejected);
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Ejected
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Probation);
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Probation
+        );
         // Exactly one request gets the probation slot.
         assert!(h.try_start_probation("t", Instant::now()));
         assert!(!h.try_start_probation("t", Instant::now()));
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Ejected);
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Ejected
+        );
         // Probation fails: ejected again for twice as long.
         assert_eq!(
             h.record("t", Outcome::Failure, Instant::now()),
@@ -333,8 +354,17 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(h.try_start_probation("t", Instant::now()));
-        h.record("t", Outcome::Success { ttfb: Duration::from_millis(10) }, Instant::now());
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Healthy);
+        h.record(
+            "t",
+            Outcome::Success {
+                ttfb: Duration::from_millis(10),
+            },
+            Instant::now(),
+        );
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Healthy
+        );
         // Penalty reset after proving healthy.
         for _ in 0..2 {
             h.record("t", Outcome::Failure, Instant::now());
@@ -348,13 +378,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rate_limit_ejects_for_retry_after_or_default() {
         let h = reg();
-        let r = h.record("t", Outcome::RateLimited { retry_after: Some(Duration::from_secs(7)) }, Instant::now());
+        let r = h.record(
+            "t",
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            },
+            Instant::now(),
+        );
         assert_eq!(r, Some((EjectReason::RateLimited, Duration::from_secs(7))));
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Ejected);
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Ejected
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(h.availability("p", "t", Instant::now()), Availability::Probation);
-        let r = h.record("u", Outcome::RateLimited { retry_after: None }, Instant::now());
+        assert_eq!(
+            h.availability("p", "t", Instant::now()),
+            Availability::Probation
+        );
+        let r = h.record(
+            "u",
+            Outcome::RateLimited { retry_after: None },
+            Instant::now(),
+        );
         assert_eq!(r, Some((EjectReason::RateLimited, Duration::from_secs(30))));
     }
 
@@ -364,7 +410,10 @@ mod tests {
         let now = Instant::now();
         assert_eq!(h.record_probe("p", false, None), None);
         assert_eq!(h.availability("p", "t", now), Availability::Healthy);
-        assert_eq!(h.record_probe("p", false, Some("refused".into())), Some(true));
+        assert_eq!(
+            h.record_probe("p", false, Some("refused".into())),
+            Some(true)
+        );
         assert_eq!(h.availability("p", "t", now), Availability::ProbeDown);
         assert_eq!(h.record_probe("p", true, None), Some(false));
         assert_eq!(h.availability("p", "t", now), Availability::Healthy);
@@ -374,8 +423,20 @@ mod tests {
     fn ewma_tracks_ttfb() {
         let h = reg();
         let now = Instant::now();
-        h.record("t", Outcome::Success { ttfb: Duration::from_millis(100) }, now);
-        h.record("t", Outcome::Success { ttfb: Duration::from_millis(200) }, now);
+        h.record(
+            "t",
+            Outcome::Success {
+                ttfb: Duration::from_millis(100),
+            },
+            now,
+        );
+        h.record(
+            "t",
+            Outcome::Success {
+                ttfb: Duration::from_millis(200),
+            },
+            now,
+        );
         let v = h.ewma_ttfb_ms("t").unwrap();
         assert!((v - 120.0).abs() < 1e-6, "{v}");
     }

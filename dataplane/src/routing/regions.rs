@@ -142,7 +142,9 @@ mod tests {
         // Deterministic LCG for reproducibility.
         let mut s: u64 = 42;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut first_a = 0;

@@ -20,12 +20,14 @@ pub struct AdminApp {
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r
 }
 
@@ -35,7 +37,11 @@ impl ServeHttp for AdminApp {
         let _ = session.drain_request_body().await;
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.render().into_bytes(),
+            ),
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 if self.ready.load(Ordering::Relaxed) {
@@ -53,12 +59,20 @@ impl ServeHttp for AdminApp {
                     .collect();
                 ids.sort();
                 ids.dedup();
-                let view = self.gateway.router.health.view(&ids, tokio::time::Instant::now());
+                let view = self
+                    .gateway
+                    .router
+                    .health
+                    .view(&ids, tokio::time::Instant::now());
                 let body = serde_json::json!({
                     "region": self.gateway.router.home_region,
                     "targets": view,
                 });
-                reply(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
             }
             "/admin/config" => {
                 let cfg = self.gateway.config.load();
@@ -67,7 +81,11 @@ impl ServeHttp for AdminApp {
                     "routes": cfg.routes.keys().collect::<Vec<_>>(),
                     "providers": cfg.providers.keys().collect::<Vec<_>>(),
                 });
-                reply(200, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
             }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }

@@ -55,7 +55,11 @@ fn io_err(e: Box<pingora_error::Error>) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-fn response_header(status: u16, headers: &[(HeaderName, String)], extra: usize) -> std::io::Result<ResponseHeader> {
+fn response_header(
+    status: u16,
+    headers: &[(HeaderName, String)],
+    extra: usize,
+) -> std::io::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(headers.len() + extra)).map_err(io_err)?;
     for (k, v) in headers {
         h.insert_header(k, v.as_str()).map_err(io_err)?;
@@ -66,23 +70,46 @@ fn response_header(status: u16, headers: &[(HeaderName, String)], extra: usize) 
 
 #[async_trait]
 impl Downstream for PingoraDownstream<'_> {
-    async fn respond(&mut self, status: u16, headers: &[(HeaderName, String)], body: Bytes) -> std::io::Result<()> {
+    async fn respond(
+        &mut self,
+        status: u16,
+        headers: &[(HeaderName, String)],
+        body: Bytes,
+    ) -> std::io::Result<()> {
         let mut h = response_header(status, headers, 2)?;
-        h.insert_header("content-length", body.len().to_string()).map_err(io_err)?;
-        self.session.write_response_header(Box::new(h)).await.map_err(io_err)?;
-        self.session.write_response_body(body, true).await.map_err(io_err)
+        h.insert_header("content-length", body.len().to_string())
+            .map_err(io_err)?;
+        self.session
+            .write_response_header(Box::new(h))
+            .await
+            .map_err(io_err)?;
+        self.session
+            .write_response_body(body, true)
+            .await
+            .map_err(io_err)
     }
 
-    async fn start_stream(&mut self, status: u16, headers: &[(HeaderName, String)]) -> std::io::Result<()> {
+    async fn start_stream(
+        &mut self,
+        status: u16,
+        headers: &[(HeaderName, String)],
+    ) -> std::io::Result<()> {
         let mut h = response_header(status, headers, 2)?;
         if !self.session.is_http2() {
-            h.insert_header("transfer-encoding", "chunked").map_err(io_err)?;
+            h.insert_header("transfer-encoding", "chunked")
+                .map_err(io_err)?;
         }
-        self.session.write_response_header(Box::new(h)).await.map_err(io_err)
+        self.session
+            .write_response_header(Box::new(h))
+            .await
+            .map_err(io_err)
     }
 
     async fn send(&mut self, data: Bytes, end: bool) -> std::io::Result<()> {
-        self.session.write_response_body(data, end).await.map_err(io_err)
+        self.session
+            .write_response_body(data, end)
+            .await
+            .map_err(io_err)
     }
 }
 
@@ -91,7 +118,8 @@ fn guess_format(session: &ServerSession) -> ApiFormat {
     let path = session.req_header().uri.path();
     if path.starts_with("/v1/messages")
         || session.get_header("anthropic-version").is_some()
-        || (session.get_header("x-api-key").is_some() && session.get_header("authorization").is_none())
+        || (session.get_header("x-api-key").is_some()
+            && session.get_header("authorization").is_none())
     {
         ApiFormat::Anthropic
     } else {
@@ -123,7 +151,10 @@ async fn read_body(session: &mut ServerSession, limits: &ServerLimits) -> Result
     let too_large = || {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("request body exceeds the {} byte limit", limits.max_body_bytes),
+            format!(
+                "request body exceeds the {} byte limit",
+                limits.max_body_bytes
+            ),
         )
         .with_code("request_too_large")
     };
@@ -141,8 +172,11 @@ async fn read_body(session: &mut ServerSession, limits: &ServerLimits) -> Result
     loop {
         match tokio::time::timeout_at(deadline, session.read_request_body()).await {
             Err(_) => {
-                return Err(ApiError::new(ErrorKind::RequestTimeout, "request body not received in time")
-                    .with_code("request_timeout"))
+                return Err(ApiError::new(
+                    ErrorKind::RequestTimeout,
+                    "request body not received in time",
+                )
+                .with_code("request_timeout"))
             }
             Ok(Err(e)) => return Err(ApiError::invalid(format!("cannot read request body: {e}"))),
             Ok(Ok(None)) => break,
@@ -177,7 +211,10 @@ impl EdgeApp {
         if header_bytes(session) > cfg.server.max_header_bytes {
             let err = ApiError::new(
                 ErrorKind::HeadersTooLarge,
-                format!("request headers exceed the {} byte limit", cfg.server.max_header_bytes),
+                format!(
+                    "request headers exceed the {} byte limit",
+                    cfg.server.max_header_bytes
+                ),
             );
             session.set_keepalive(None);
             let mut down = PingoraDownstream { session };
@@ -194,8 +231,10 @@ impl EdgeApp {
                 ErrorKind::MethodNotAllowed,
                 format!("method {method} is not allowed on {path}"),
             )),
-            _ => Err(ApiError::new(ErrorKind::NotFound, format!("unknown path {path}"))
-                .with_code("unknown_url")),
+            _ => Err(
+                ApiError::new(ErrorKind::NotFound, format!("unknown path {path}"))
+                    .with_code("unknown_url"),
+            ),
         };
         match endpoint {
             Err(err) => {
@@ -287,7 +326,8 @@ impl HttpServerApp for EdgeApp {
                 let mut h = ResponseHeader::build(500, Some(2)).ok()?;
                 h.insert_header("content-type", "application/json").ok()?;
                 let body = Bytes::from(err.body(fmt));
-                h.insert_header("content-length", body.len().to_string()).ok()?;
+                h.insert_header("content-length", body.len().to_string())
+                    .ok()?;
                 let _ = session.write_response_header(Box::new(h)).await;
                 let _ = session.write_response_body(body, true).await;
             }

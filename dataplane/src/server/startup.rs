@@ -43,7 +43,10 @@ pub enum StartupError {
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("call log: {0}")]
@@ -113,7 +116,8 @@ impl BackgroundService for Background {
 pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
     let doc = config::load_file(&opts.config)?;
     let cfg = EdgeConfig::compile(doc, 0, &|n| std::env::var(n).ok())?;
-    let metrics = telemetry::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
+    let metrics =
+        telemetry::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
     telemetry::metrics::config_version(cfg.version);
     let sink: Box<dyn std::io::Write + Send> = match &opts.call_log {
         None => Box::new(std::io::stdout()),

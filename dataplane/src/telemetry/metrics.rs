@@ -30,24 +30,56 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
-        .map_err(|e| metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder(e))?;
+        .map_err(metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder)?;
     describe();
     Ok(handle)
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(REQUESTS, "Client requests by api, route, provider, status and error type.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Total request latency as seen by the edge.");
-    describe_histogram!(TTFT, Unit::Seconds, "Time to first token (streams) or first byte (non-streamed).");
-    describe_counter!(TOKENS, "Tokens by route, model, provider and kind (input, output, cached).");
-    describe_counter!(COST, "Cost in USD by route, model and provider (from the price table).");
-    describe_counter!(UPSTREAM_ATTEMPTS, "Upstream attempts by target and outcome (ok or error label).");
-    describe_counter!(FAILOVERS, "Moves to another target by route, target moved to, and reason.");
+    describe_counter!(
+        REQUESTS,
+        "Client requests by api, route, provider, status and error type."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Total request latency as seen by the edge."
+    );
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Time to first token (streams) or first byte (non-streamed)."
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens by route, model, provider and kind (input, output, cached)."
+    );
+    describe_counter!(
+        COST,
+        "Cost in USD by route, model and provider (from the price table)."
+    );
+    describe_counter!(
+        UPSTREAM_ATTEMPTS,
+        "Upstream attempts by target and outcome (ok or error label)."
+    );
+    describe_counter!(
+        FAILOVERS,
+        "Moves to another target by route, target moved to, and reason."
+    );
     describe_counter!(EJECTIONS, "Target ejections by target and reason.");
-    describe_counter!(RETRY_BUDGET_EXHAUSTED, "Retries skipped because the retry budget was spent.");
-    describe_gauge!(PROVIDER_UP, "1 when a provider's active probes pass, 0 when it is marked down.");
-    describe_counter!(STREAMS_INCOMPLETE, "Streams that ended with an error event after content was sent.");
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries skipped because the retry budget was spent."
+    );
+    describe_gauge!(
+        PROVIDER_UP,
+        "1 when a provider's active probes pass, 0 when it is marked down."
+    );
+    describe_counter!(
+        STREAMS_INCOMPLETE,
+        "Streams that ended with an error event after content was sent."
+    );
     describe_counter!(REJECTED, "Requests rejected before routing, by reason.");
     describe_gauge!(CONFIG_VERSION, "Config version this edge serves.");
 }
@@ -73,9 +105,14 @@ pub fn call(m: &CallMetrics<'_>) {
     counter!(REQUESTS, "api" => m.api, "route" => m.route.to_string(), "provider" => m.provider.to_string(), "status" => status, "error_type" => m.error_type.to_string()).increment(1);
     histogram!(REQUEST_DURATION, "route" => m.route.to_string(), "provider" => m.provider.to_string()).record(m.duration_s);
     if let Some(t) = m.ttft_s {
-        histogram!(TTFT, "route" => m.route.to_string(), "provider" => m.provider.to_string()).record(t);
+        histogram!(TTFT, "route" => m.route.to_string(), "provider" => m.provider.to_string())
+            .record(t);
     }
-    for (kind, n) in [("input", m.input_tokens), ("output", m.output_tokens), ("cached", m.cached_tokens)] {
+    for (kind, n) in [
+        ("input", m.input_tokens),
+        ("output", m.output_tokens),
+        ("cached", m.cached_tokens),
+    ] {
         if n > 0 {
             counter!(TOKENS, "route" => m.route.to_string(), "model" => m.model.to_string(), "provider" => m.provider.to_string(), "kind" => kind).increment(n);
         }

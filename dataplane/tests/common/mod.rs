@@ -62,9 +62,9 @@ impl Edge {
         let deadline = Instant::now() + Duration::from_secs(20);
         while url.is_none() || admin_url.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("edge did not print its addresses: {:?}", child.try_wait()));
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("edge did not print its addresses: {:?}", child.try_wait())
+            });
             if let Some(u) = line.strip_prefix("edge listening on ") {
                 url = Some(u.to_string());
             } else if let Some(u) = line.strip_prefix("admin listening on ") {
@@ -93,7 +93,10 @@ impl Edge {
                 .map(|r| r.status() == 200)
                 .unwrap_or(false);
             // The client listener may start a moment after the admin one.
-            let ok = ok && tokio::net::TcpStream::connect(self.url.trim_start_matches("http://")).await.is_ok();
+            let ok = ok
+                && tokio::net::TcpStream::connect(self.url.trim_start_matches("http://"))
+                    .await
+                    .is_ok();
             if ok {
                 return;
             }
@@ -124,7 +127,11 @@ impl Edge {
             if c.len() >= n {
                 return c;
             }
-            assert!(Instant::now() < deadline, "expected {n} call log lines, have {}", c.len());
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} call log lines, have {}",
+                c.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -216,4 +223,7 @@ defaults:
     )
 }
 
-pub const KEYS: &[(&str, &str)] = &[("OPENAI_KEY", "sk-provider-openai"), ("ANTHROPIC_KEY", "sk-provider-anthropic")];
+pub const KEYS: &[(&str, &str)] = &[
+    ("OPENAI_KEY", "sk-provider-openai"),
+    ("ANTHROPIC_KEY", "sk-provider-anthropic"),
+];

@@ -34,11 +34,7 @@ pub fn expand_env(
         let after = &rest[pos + 2..];
         let end = after.find('}').ok_or(LoadError::BadReference { line })?;
         let name = &after[..end];
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(LoadError::BadReference { line });
         }
         let value = lookup(name).ok_or_else(|| LoadError::MissingEnv {
@@ -68,13 +64,18 @@ pub fn from_yaml_str(
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
         LoadError::Schema {
-            path: if path == "." { "(document)".into() } else { path },
+            path: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
             message,
         }
     })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -83,8 +84,14 @@ mod tests {
         let got = expand_env("a: ${X}\nb: $${Y}", |n| (n == "X").then(|| "1".into())).unwrap();
         assert_eq!(got, "a: 1\nb: ${Y}");
         let err = expand_env("a: 1\nb: ${NOPE}", |_| None).unwrap_err();
-        assert_eq!(err.to_string(), "environment variable `NOPE` referenced at line 2 is not set");
-        assert!(matches!(expand_env("${a-b}", |_| None), Err(LoadError::BadReference { .. })));
+        assert_eq!(
+            err.to_string(),
+            "environment variable `NOPE` referenced at line 2 is not set"
+        );
+        assert!(matches!(
+            expand_env("${a-b}", |_| None),
+            Err(LoadError::BadReference { .. })
+        ));
     }
 
     #[test]

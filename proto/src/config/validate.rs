@@ -1,4 +1,4 @@
-use super::{Config, Timeouts, RetryPolicy};
+use super::{Config, RetryPolicy, Timeouts};
 use std::time::Duration;
 
 /// One problem in a config document, with the path of the field.
@@ -38,7 +38,10 @@ struct Check {
 
 impl Check {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), message: message.into() });
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
     fn duration(&mut self, path: String, value: &str) {
         if let Err(e) = parse_duration(&path, value, Duration::ZERO) {
@@ -79,18 +82,35 @@ impl Check {
 pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
     let mut c = Check { errors: Vec::new() };
     if cfg.schema_version > 1 {
-        c.err("schema_version", format!("unsupported schema version {} (this build knows 1)", cfg.schema_version));
+        c.err(
+            "schema_version",
+            format!(
+                "unsupported schema version {} (this build knows 1)",
+                cfg.schema_version
+            ),
+        );
     }
     for (name, p) in &cfg.providers {
         let path = format!("providers.{name}");
         if !matches!(p.kind.as_str(), "openai" | "anthropic") {
-            c.err(format!("{path}.kind"), format!("unknown provider kind {:?} (expected \"openai\" or \"anthropic\")", p.kind));
+            c.err(
+                format!("{path}.kind"),
+                format!(
+                    "unknown provider kind {:?} (expected \"openai\" or \"anthropic\")",
+                    p.kind
+                ),
+            );
         }
         let url = p.base_url.as_str();
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
         match rest {
             Some(r) if !r.is_empty() && !r.starts_with('/') => {}
-            _ => c.err(format!("{path}.base_url"), format!("must be an http:// or https:// URL with a host, got {url:?}")),
+            _ => c.err(
+                format!("{path}.base_url"),
+                format!("must be an http:// or https:// URL with a host, got {url:?}"),
+            ),
         }
         if let Some(h) = &p.health_check {
             c.duration(format!("{path}.health_check.interval"), &h.interval);
@@ -117,7 +137,11 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
         let tiers: Vec<(String, &Vec<super::Target>)> = if r.tiers.is_empty() {
             vec![(format!("{path}.targets"), &r.targets)]
         } else {
-            r.tiers.iter().enumerate().map(|(i, t)| (format!("{path}.tiers[{i}].targets"), &t.targets)).collect()
+            r.tiers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{path}.tiers[{i}].targets"), &t.targets))
+                .collect()
         };
         for (tpath, targets) in tiers {
             if targets.is_empty() && !r.tiers.is_empty() {
@@ -125,7 +149,10 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
             }
             for (i, t) in targets.iter().enumerate() {
                 if !cfg.providers.contains_key(&t.provider) {
-                    c.err(format!("{tpath}[{i}].provider"), format!("unknown provider {:?}", t.provider));
+                    c.err(
+                        format!("{tpath}[{i}].provider"),
+                        format!("unknown provider {:?}", t.provider),
+                    );
                 }
                 if t.model.is_empty() {
                     c.err(format!("{tpath}[{i}].model"), "model must not be empty");
@@ -133,7 +160,13 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
             }
         }
         if !matches!(r.load_balancing.as_str(), "" | "weighted" | "least_latency") {
-            c.err(format!("{path}.load_balancing"), format!("unknown strategy {:?} (expected \"weighted\" or \"least_latency\")", r.load_balancing));
+            c.err(
+                format!("{path}.load_balancing"),
+                format!(
+                    "unknown strategy {:?} (expected \"weighted\" or \"least_latency\")",
+                    r.load_balancing
+                ),
+            );
         }
         c.timeouts(&format!("{path}.timeouts"), &r.timeouts);
         c.retry(&format!("{path}.retry"), &r.retry);
@@ -163,10 +196,13 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
         } else if !ids.insert(k.id.as_str()) {
             c.err(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
         }
-        let hash_ok = k.secret_sha256.len() == 64 && k.secret_sha256.chars().all(|c| c.is_ascii_hexdigit());
+        let hash_ok =
+            k.secret_sha256.len() == 64 && k.secret_sha256.chars().all(|c| c.is_ascii_hexdigit());
         match (k.secret.is_empty(), k.secret_sha256.is_empty()) {
             (true, true) => c.err(&path, "set `secret` or `secret_sha256`"),
-            (_, false) if !hash_ok => c.err(format!("{path}.secret_sha256"), "must be 64 hex characters"),
+            (_, false) if !hash_ok => {
+                c.err(format!("{path}.secret_sha256"), "must be 64 hex characters")
+            }
             _ => {}
         }
         if !k.tier.is_empty() && !cfg.tiers.contains_key(&k.tier) {
@@ -174,7 +210,10 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
         }
         for (j, m) in k.allowed_models.iter().enumerate() {
             if !cfg.routes.contains_key(m) {
-                c.err(format!("{path}.allowed_models[{j}]"), format!("unknown model {m:?}"));
+                c.err(
+                    format!("{path}.allowed_models[{j}]"),
+                    format!("unknown model {m:?}"),
+                );
             }
         }
     }
@@ -184,15 +223,27 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
             c.err(format!("{path}.name"), "budget name must not be empty");
         }
         if !matches!(b.scope.as_str(), "feature" | "team" | "key") {
-            c.err(format!("{path}.scope"), format!("unknown scope {:?} (expected feature, team or key)", b.scope));
+            c.err(
+                format!("{path}.scope"),
+                format!(
+                    "unknown scope {:?} (expected feature, team or key)",
+                    b.scope
+                ),
+            );
         }
         if !matches!(b.window.as_str(), "day" | "month") {
-            c.err(format!("{path}.window"), format!("unknown window {:?} (expected day or month)", b.window));
+            c.err(
+                format!("{path}.window"),
+                format!("unknown window {:?} (expected day or month)", b.window),
+            );
         }
         c.usd(format!("{path}.soft_limit_usd"), b.soft_limit_usd);
         c.usd(format!("{path}.hard_limit_usd"), b.hard_limit_usd);
         if !b.downgrade_to.is_empty() && !cfg.routes.contains_key(&b.downgrade_to) {
-            c.err(format!("{path}.downgrade_to"), format!("unknown model {:?}", b.downgrade_to));
+            c.err(
+                format!("{path}.downgrade_to"),
+                format!("unknown model {:?}", b.downgrade_to),
+            );
         }
     }
     if let Some(s) = &cfg.server {
@@ -207,6 +258,7 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::super::from_yaml_str;
     use super::*;
@@ -243,14 +295,21 @@ mod tests {
             "budgets[0].hard_limit_usd",
         ];
         for w in want {
-            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }
 
     #[test]
     fn rejects_empty_routes() {
-        let errs = check("providers:\n  p: {kind: openai, base_url: 'http://h/v1'}\nroutes:\n  m: {}\n");
-        assert_eq!(errs, vec!["routes.m: route has no targets (set `targets` or `tiers`)".to_string()]);
+        let errs =
+            check("providers:\n  p: {kind: openai, base_url: 'http://h/v1'}\nroutes:\n  m: {}\n");
+        assert_eq!(
+            errs,
+            vec!["routes.m: route has no targets (set `targets` or `tiers`)".to_string()]
+        );
     }
 }
