@@ -45,6 +45,9 @@ pub trait Downstream: Send {
     ) -> std::io::Result<()>;
     /// Writes a chunk; `end` finishes the response.
     async fn send(&mut self, data: Bytes, end: bool) -> std::io::Result<()>;
+    /// Resolves when the client has gone away (after its request was read);
+    /// pending forever otherwise. Must be cancel-safe.
+    async fn client_closed(&mut self);
 }
 
 /// Request metadata the gateway needs besides the body.
@@ -215,20 +218,28 @@ impl Gateway {
             log.prompt = Some(prompt);
         }
         let deadline = started + route.timeouts.total;
-        let routed = match tokio::time::timeout_at(
+        let attempt = tokio::time::timeout_at(
             deadline,
             self.router
                 .execute(&self.client, &route, &req, started, deadline),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(ApiError::new(
-                    ErrorKind::Timeout,
-                    format!("model `{}` did not answer within the deadline", route.name),
-                )
-                .with_code("deadline_exceeded"))
+        );
+        // A client that leaves cancels the upstream work: dropping the
+        // attempt future closes the upstream connection.
+        let routed = tokio::select! {
+            r = attempt => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!("model `{}` did not answer within the deadline", route.name),
+                    )
+                    .with_code("deadline_exceeded"))
+                }
+            },
+            _ = down.client_closed() => {
+                log.status = 499;
+                log.error_type = Some("client_closed");
+                return Ok(());
             }
         };
         log.attempts = routed.attempts;
@@ -335,7 +346,14 @@ impl Gateway {
                 .timeouts
                 .idle
                 .min(deadline.saturating_duration_since(Instant::now()));
-            match response.next_chunk(idle).await {
+            let next = tokio::select! {
+                n = response.next_chunk(idle) => n,
+                _ = down.client_closed() => {
+                    client_gone = true;
+                    break;
+                }
+            };
+            match next {
                 Ok(Some(chunk)) => match decoder.feed(&chunk) {
                     Ok(events) => {
                         for ev in &events {

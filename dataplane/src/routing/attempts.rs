@@ -182,6 +182,12 @@ impl Router {
             if probation && !self.health.try_start_probation(&target.id, Instant::now()) {
                 continue;
             }
+            // Frees the probation slot if this call is abandoned (client gone,
+            // deadline) before the attempt's outcome is recorded.
+            let _probation = probation.then(|| ProbationGuard {
+                health: &self.health,
+                target: &target.id,
+            });
             let provider = &target.provider;
             let adapter = adapter(provider.kind);
             let request =
@@ -331,6 +337,19 @@ impl Router {
             Instant::now() >= deadline,
         ));
         routed
+    }
+}
+
+struct ProbationGuard<'a> {
+    health: &'a super::HealthRegistry,
+    target: &'a str,
+}
+
+impl Drop for ProbationGuard<'_> {
+    fn drop(&mut self) {
+        // Recording an outcome already cleared the flag; this only matters
+        // when the attempt never finished.
+        self.health.abandon_probation(self.target);
     }
 }
 

@@ -111,6 +111,18 @@ impl Downstream for PingoraDownstream<'_> {
             .await
             .map_err(io_err)
     }
+
+    async fn client_closed(&mut self) {
+        // With the body fully read, Pingora's idle read returns an error as
+        // soon as the client closes (abort-on-close is the default).
+        loop {
+            match self.session.read_body_or_idle(true).await {
+                Err(_) => return,
+                Ok(None) => std::future::pending::<()>().await,
+                Ok(Some(_)) => continue,
+            }
+        }
+    }
 }
 
 /// Which API shape an error on this request should use.
