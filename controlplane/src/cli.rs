@@ -225,6 +225,10 @@ pub enum BudgetsCmd {
         /// Route to use instead once the hard limit is hit.
         #[arg(long, default_value = "")]
         downgrade_to: String,
+        /// Serve anyway when the edge's granted share is spent and the
+        /// control plane is unreachable (default: reject).
+        #[arg(long)]
+        fail_open: bool,
         #[command(flatten)]
         write: WriteFlags,
     },
@@ -994,6 +998,7 @@ async fn budgets(ctx: &Ctx, cmd: BudgetsCmd) -> Result<(), Failure> {
             soft_limit_usd,
             hard_limit_usd,
             downgrade_to,
+            fail_open,
             write,
         } => {
             let budget = Budget {
@@ -1004,6 +1009,7 @@ async fn budgets(ctx: &Ctx, cmd: BudgetsCmd) -> Result<(), Failure> {
                 soft_limit_usd,
                 hard_limit_usd,
                 downgrade_to,
+                fail_open,
             };
             let r = ctx
                 .client()

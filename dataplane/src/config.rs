@@ -156,6 +156,8 @@ pub struct Route {
     pub log_bodies: bool,
     pub default_max_tokens: u32,
     pub cache: Option<CacheSettings>,
+    /// Rate-limit tier override for every caller of this route.
+    pub tier: Option<String>,
 }
 
 impl Route {
@@ -201,6 +203,8 @@ pub struct EdgeConfig {
     pub routes: HashMap<String, Arc<Route>>,
     pub prices: HashMap<String, Price>,
     pub server: ServerLimits,
+    /// Keys, tiers and budgets.
+    pub limits: crate::limits::LimitsConfig,
     /// The document this was compiled from (snapshots, admin views).
     pub source: proto::Config,
 }
@@ -246,6 +250,7 @@ impl EdgeConfig {
             routes,
             prices,
             server,
+            limits: crate::limits::LimitsConfig::compile(&doc),
             source: doc,
         })
     }
@@ -415,6 +420,7 @@ fn compile_route(
         log_bodies: r.log_bodies,
         default_max_tokens,
         cache,
+        tier: (!r.tier.is_empty()).then(|| r.tier.clone()),
     })
 }
 

@@ -15,6 +15,7 @@
 use crate::config::{EdgeConfig, Route};
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::{self, ApiFormat, BlockKind, ChatRequest, StreamEncoder, StreamEvent, Usage};
+use crate::limits::{self, Admission, Caller, Estimate, Limits, Rejection};
 use crate::routing::{OpenStream, Router, Success};
 use crate::telemetry::log::{CallLog, CallLogger, Tags};
 use crate::telemetry::metrics;
@@ -56,6 +57,18 @@ pub struct RequestMeta {
     pub path: String,
     pub trace_id: String,
     pub tags: Tags,
+    /// The virtual API key the client presented, if any.
+    pub credential: Option<String>,
+}
+
+/// Per-call state threaded through the request path.
+#[derive(Default)]
+struct CallCtx {
+    log: CallLog,
+    /// Extra response headers (`x-ratelimit-*`), on success and on errors.
+    headers: Vec<(HeaderName, String)>,
+    /// Held limits; settled with the real usage when the call ends.
+    admission: Option<Admission>,
 }
 
 /// Everything shared by all requests on an edge.
@@ -64,6 +77,7 @@ pub struct Gateway {
     pub client: Arc<UpstreamClient>,
     pub router: Arc<Router>,
     pub logger: CallLogger,
+    pub limits: Arc<Limits>,
     pub node_id: String,
 }
 
@@ -150,21 +164,43 @@ impl Gateway {
         down: &mut dyn Downstream,
     ) {
         let cfg = self.config.load_full();
-        let mut log = self.base_log(&cfg, fmt, &meta);
+        let mut ctx = CallCtx {
+            log: self.base_log(&cfg, fmt, &meta),
+            ..CallCtx::default()
+        };
         let outcome = self
-            .chat_inner(&cfg, fmt, &body, &meta, started, &mut log, down)
+            .chat_inner(&cfg, fmt, &body, &meta, started, &mut ctx, down)
             .await;
+        let CallCtx {
+            mut log,
+            headers,
+            admission,
+        } = ctx;
         if let Err(err) = outcome {
             log.status = err.status();
             log.error_type = Some(err.kind.label());
             log.error_message = Some(err.message.clone());
+            let mut h = error_headers(&err, &meta.trace_id);
+            h.extend(headers);
             let _ = down
-                .respond(
-                    err.status(),
-                    &error_headers(&err, &meta.trace_id),
-                    Bytes::from(err.body(fmt)),
-                )
+                .respond(err.status(), &h, Bytes::from(err.body(fmt)))
                 .await;
+        }
+        if let Some(adm) = admission {
+            let tokens = log.input_tokens + log.output_tokens;
+            for alert in self.limits.settle(adm, tokens, log.cost_usd) {
+                metrics::budget_soft_alert(&alert.budget);
+                self.logger.emit_event(&serde_json::json!({
+                    "event": "budget_soft_limit",
+                    "ts": now_rfc3339(),
+                    "node_id": self.node_id,
+                    "budget": alert.budget,
+                    "window": alert.window,
+                    "soft_limit_usd": alert.soft_usd,
+                    "spent_usd": alert.spent_usd,
+                    "trace_id": log.trace_id,
+                }));
+            }
         }
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         metrics::call(&metrics::CallMetrics {
@@ -192,9 +228,38 @@ impl Gateway {
         body: &[u8],
         meta: &RequestMeta,
         started: Instant,
-        log: &mut CallLog,
+        ctx: &mut CallCtx,
         down: &mut dyn Downstream,
     ) -> Result<(), ApiError> {
+        // Who is calling (401 before anything else).
+        let key = cfg
+            .limits
+            .keys
+            .authenticate(meta.credential.as_deref())
+            .map_err(|e| limits::auth_error(&e))?;
+        let caller = Caller {
+            feature: meta
+                .tags
+                .feature
+                .clone()
+                .or_else(|| key.as_ref().and_then(|k| k.default_feature.clone())),
+            team: key
+                .as_ref()
+                .and_then(|k| k.team.clone())
+                .or_else(|| meta.tags.team.clone()),
+            user: key
+                .as_ref()
+                .and_then(|k| k.user.clone())
+                .or_else(|| meta.tags.user.clone()),
+            key,
+        };
+        let log = &mut ctx.log;
+        log.key_id = caller.key.as_ref().map(|k| k.id.clone());
+        log.tags = Tags {
+            feature: caller.feature.clone(),
+            team: caller.team.clone(),
+            user: caller.user.clone(),
+        };
         let req = formats::parse_request(fmt, body)?;
         log.stream = req.stream;
         log.model_requested = Some(req.model.clone());
@@ -213,6 +278,53 @@ impl Gateway {
             .with_param("model")
             .with_code("model_not_found")
         })?;
+        if let Some(k) = &caller.key {
+            if !k.may_call(&req.model) {
+                return Err(ApiError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("API key `{}` may not call model `{}`", k.id, req.model),
+                )
+                .with_param("model")
+                .with_code("model_not_allowed"));
+            }
+        }
+        // Rate limits and budgets; a hard budget may downgrade the route.
+        let mut route = route;
+        let mut allow_downgrade = true;
+        let admission = loop {
+            let tier = route
+                .tier
+                .as_deref()
+                .or(caller.key.as_ref().and_then(|k| k.tier.as_deref()));
+            let est = estimate(cfg, &route, &req, &prompt);
+            match self
+                .limits
+                .admit(&cfg.limits, &caller, tier, est, allow_downgrade)
+            {
+                Ok(a) => break a,
+                Err(Rejection::Limited(err, headers)) => {
+                    metrics::rate_limited(err.code.unwrap_or("rate_limited"));
+                    ctx.headers = headers;
+                    return Err(err);
+                }
+                Err(Rejection::Downgrade(e)) => {
+                    let to = e.downgrade_to.clone().unwrap_or_default();
+                    let next = cfg.routes.get(&to).cloned().ok_or_else(|| {
+                        ApiError::internal(format!(
+                            "budget `{}` downgrades to unknown model `{to}`",
+                            e.budget
+                        ))
+                    })?;
+                    metrics::budget_downgrade(&e.budget, &to);
+                    ctx.log.downgraded_from = Some(route.name.clone());
+                    route = next;
+                    allow_downgrade = false;
+                }
+            }
+        };
+        ctx.headers = admission.headers.clone();
+        ctx.admission = Some(admission);
+        let log = &mut ctx.log;
         log.route = Some(route.name.clone());
         if route.log_bodies {
             log.prompt = Some(prompt);
@@ -264,21 +376,23 @@ impl Gateway {
                 let out = formats::encode_response(fmt, &resp, &req.model);
                 log.status = 200;
                 log.complete = true;
-                let headers = [
+                let mut headers = vec![
                     (header::CONTENT_TYPE, "application/json".to_string()),
                     (
                         HeaderName::from_static("x-request-id"),
                         meta.trace_id.clone(),
                     ),
                 ];
+                headers.extend(ctx.headers.iter().cloned());
                 // A failed write means the client left; the call is still
                 // accounted and logged.
                 let _ = down.respond(200, &headers, Bytes::from(out)).await;
                 Ok(())
             }
             Success::Stream(open) => {
+                let extra = ctx.headers.clone();
                 self.pump_stream(
-                    fmt, &req, &route, open, meta, started, deadline, price, log, down,
+                    fmt, &req, &route, open, meta, &extra, started, deadline, price, log, down,
                 )
                 .await;
                 Ok(())
@@ -297,6 +411,7 @@ impl Gateway {
         route: &Route,
         open: OpenStream,
         meta: &RequestMeta,
+        extra_headers: &[(HeaderName, String)],
         started: Instant,
         deadline: Instant,
         price: Option<crate::config::Price>,
@@ -308,7 +423,7 @@ impl Gateway {
             mut decoder,
             pending,
         } = open;
-        let headers = [
+        let mut headers = vec![
             (header::CONTENT_TYPE, "text/event-stream".to_string()),
             (header::CACHE_CONTROL, "no-cache".to_string()),
             (
@@ -316,6 +431,7 @@ impl Gateway {
                 meta.trace_id.clone(),
             ),
         ];
+        headers.extend(extra_headers.iter().cloned());
         log.status = 200;
         let mut enc = StreamEncoder::new(fmt, &req.model, req.include_usage);
         let mut buf = BytesMut::with_capacity(4096);
@@ -444,6 +560,32 @@ fn observe(ev: &StreamEvent, text: &mut Option<String>, tool_calls: &mut Vec<Str
 /// Rough token count of `text` (~4 characters per token), at least 1.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4).max(1)
+}
+
+/// The most a call may cost and use, for reservations: estimated prompt
+/// tokens plus `max_tokens` (or the route's default), priced at the most
+/// expensive target of the route.
+fn estimate(cfg: &EdgeConfig, route: &Route, req: &ChatRequest, prompt: &str) -> Estimate {
+    let input = estimate_tokens(prompt);
+    let output = u64::from(req.max_tokens.unwrap_or(route.default_max_tokens));
+    let cost_usd = route
+        .targets()
+        .filter_map(|t| cfg.prices.get(&t.model))
+        .map(|p| {
+            usage::cost_usd(
+                p,
+                &Usage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cached_input_tokens: 0,
+                },
+            )
+        })
+        .fold(0.0, f64::max);
+    Estimate {
+        tokens: input + output,
+        cost_usd,
+    }
 }
 
 fn account(log: &mut CallLog, u: &Usage, price: Option<crate::config::Price>) {

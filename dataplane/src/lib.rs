@@ -15,12 +15,16 @@
 //! - [`upstream`]: the pooled HTTP transport to providers;
 //! - [`routing`]: health, regions, the attempt loop with retries and fallback;
 //! - [`config`]: the compiled runtime config; [`usage`]: cost accounting;
+//! - [`limits`]: keys, rate limits and budgets;
+//! - [`control`]: the control-plane client (watch, apply, ack, snapshot);
 //! - [`telemetry`]: metrics and the per-call log; [`error`]: the API error.
 
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod formats;
 pub mod gateway;
+pub mod limits;
 pub mod providers;
 pub mod routing;
 pub mod server;

@@ -14,9 +14,37 @@ use std::time::Duration;
     about = "Switchyard LLM gateway edge node"
 )]
 struct Args {
-    /// YAML config file (same format the control plane serves).
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
-    config: PathBuf,
+    /// YAML config file (same format the control plane serves). Required
+    /// without --control-plane; with it, the boot config used when there is
+    /// no valid snapshot in --snapshot-dir.
+    #[arg(
+        long,
+        env = "SWITCHYARD_CONFIG",
+        required_unless_present = "control_plane"
+    )]
+    config: Option<PathBuf>,
+    /// Control plane to take config versions from, e.g. http://127.0.0.1:7400.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Edge token for the control plane (prefer the environment variable).
+    #[arg(
+        long,
+        env = "SWITCHYARD_EDGE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    edge_token: String,
+    /// Directory for the last-known-good config snapshot, served at start-up
+    /// when the control plane is unreachable.
+    #[arg(long, env = "SWITCHYARD_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// CA certificate (PEM) for an https:// control plane.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// At start-up, how long readiness waits for the first version from a
+    /// reachable control plane before serving the snapshot / --config.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    boot_wait: Duration,
     /// Client-facing listener (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -59,8 +87,19 @@ fn main() -> anyhow::Result<()> {
     let node_id = a
         .node_id
         .unwrap_or_else(|| format!("edge-{}", std::process::id()));
+    let control = a
+        .control_plane
+        .map(|url| switchyard_edge::control::ControlOptions {
+            url,
+            token: a.edge_token,
+            snapshot_dir: a.snapshot_dir,
+            ca_cert: a.control_plane_ca,
+            boot_wait: a.boot_wait,
+            ..Default::default()
+        });
     switchyard_edge::server::run(switchyard_edge::server::EdgeOptions {
         config: a.config,
+        control,
         listen: a.listen,
         admin_listen: a.admin_listen,
         region: a.region,

@@ -1,7 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (process alive),
-//! `/readyz` (config loaded and serving), `/admin/health` (live health and
-//! ejection state of every target), `/admin/config` (version served).
+//! `/readyz` (serving a config and not shutting down), `/admin/health` (live
+//! health and ejection state of every target), `/admin/config` (version
+//! served, where it came from, when it was committed and applied, versions
+//! applied and rejected, control-plane connection).
 
+use crate::control::ConfigState;
 use crate::gateway::Gateway;
 use async_trait::async_trait;
 use http::Response;
@@ -16,6 +19,8 @@ pub struct AdminApp {
     pub metrics: PrometheusHandle,
     /// Cleared when shutdown starts so load balancers drain this edge.
     pub ready: Arc<AtomicBool>,
+    /// The served config's metadata (readiness, `/admin/config`).
+    pub config_state: Arc<ConfigState>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -37,15 +42,20 @@ impl ServeHttp for AdminApp {
         let _ = session.drain_request_body().await;
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4",
-                self.metrics.render().into_bytes(),
-            ),
+            "/metrics" => {
+                self.config_state.refresh_metrics();
+                reply(
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render().into_bytes(),
+                )
+            }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.ready.load(Ordering::Relaxed) {
+                if self.ready.load(Ordering::Relaxed) && self.config_state.is_ready() {
                     reply(200, "text/plain", b"ready\n".to_vec())
+                } else if !self.config_state.is_serving() {
+                    reply(503, "text/plain", b"not ready: no config yet\n".to_vec())
                 } else {
                     reply(503, "text/plain", b"not ready\n".to_vec())
                 }
@@ -74,19 +84,11 @@ impl ServeHttp for AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
-            "/admin/config" => {
-                let cfg = self.gateway.config.load();
-                let body = serde_json::json!({
-                    "version": cfg.version,
-                    "routes": cfg.routes.keys().collect::<Vec<_>>(),
-                    "providers": cfg.providers.keys().collect::<Vec<_>>(),
-                });
-                reply(
-                    200,
-                    "application/json",
-                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
-                )
-            }
+            "/admin/config" => reply(
+                200,
+                "application/json",
+                serde_json::to_vec_pretty(&self.config_state.view()).unwrap_or_default(),
+            ),
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -214,6 +214,10 @@ impl EdgeApp {
                 header_str(session, "x-request-id").as_deref(),
                 header_str(session, "traceparent").as_deref(),
             ),
+            credential: crate::limits::keys::presented_secret(
+                header_str(session, "authorization").as_deref(),
+                header_str(session, "x-api-key").as_deref(),
+            ),
             tags: Tags {
                 feature: header_str(session, HEADER_FEATURE),
                 team: header_str(session, HEADER_TEAM),

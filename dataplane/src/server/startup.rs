@@ -1,9 +1,15 @@
 //! Process start-up: builds the gateway, the Pingora server with the edge
 //! and admin services and the background tasks, and runs it.
+//!
+//! The boot config (see [`crate::control::boot`]): with `--control-plane`,
+//! the last-known-good snapshot if there is a valid one, else `--config`,
+//! else none (up but not ready until the first version arrives); without
+//! it, `--config`.
 
 use super::admin::AdminApp;
 use super::EdgeApp;
 use crate::config::{self, EdgeConfig};
+use crate::control::{self, ConfigState, ControlClient, ControlOptions, SnapshotStore};
 use crate::gateway::Gateway;
 use crate::routing::{OutlierSettings, Router};
 use crate::telemetry::{self, log::CallLogger};
@@ -23,7 +29,11 @@ use std::time::Duration;
 /// Start-up options (the binary's flags).
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
-    pub config: PathBuf,
+    /// YAML config file. Required without `control`; with it, the boot
+    /// config used when there is no valid snapshot.
+    pub config: Option<PathBuf>,
+    /// Take config versions from the control plane.
+    pub control: Option<ControlOptions>,
     pub listen: String,
     pub admin_listen: String,
     pub region: String,
@@ -42,6 +52,10 @@ pub struct EdgeOptions {
 pub enum StartupError {
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+    #[error("either --config or --control-plane is required")]
+    NoConfigSource,
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: String,
@@ -112,13 +126,38 @@ impl BackgroundService for Background {
     }
 }
 
+/// Runs the control-plane client until shutdown.
+struct ControlService {
+    client: ControlClient,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.client
+            .run(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+    }
+}
+
 /// Loads the config, starts every service and blocks until shutdown.
 pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
-    let doc = config::load_file(&opts.config)?;
-    let cfg = EdgeConfig::compile(doc, 0, &|n| std::env::var(n).ok())?;
+    if opts.config.is_none() && opts.control.is_none() {
+        return Err(StartupError::NoConfigSource);
+    }
+    let snapshots = opts
+        .control
+        .as_ref()
+        .and_then(|c| c.snapshot_dir.as_ref())
+        .map(SnapshotStore::new);
+    if opts.control.is_some() && snapshots.is_none() {
+        tracing::warn!("no --snapshot-dir: a restarted edge cannot serve while the control plane is unreachable");
+    }
+    let boot = control::boot(opts.config.as_deref(), snapshots.as_ref())?;
     let metrics =
         telemetry::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
-    telemetry::metrics::config_version(cfg.version);
     let sink: Box<dyn std::io::Write + Send> = match &opts.call_log {
         None => Box::new(std::io::stdout()),
         Some(p) => Box::new(
@@ -130,7 +169,26 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
         ),
     };
     let logger = CallLogger::spawn(sink).map_err(StartupError::CallLog)?;
-    let config = Arc::new(ArcSwap::from_pointee(cfg));
+    let config: Arc<ArcSwap<EdgeConfig>> = Arc::new(ArcSwap::from_pointee(boot.config));
+    let config_state = Arc::new(ConfigState::new(
+        config.clone(),
+        boot.served,
+        opts.control.as_ref().map(|c| c.url.clone()),
+    ));
+    let control_client = match &opts.control {
+        Some(c) => {
+            telemetry::metrics::control_plane_init();
+            Some(ControlClient::new(
+                ControlOptions {
+                    node_id: opts.node_id.clone(),
+                    region: opts.region.clone(),
+                    ..c.clone()
+                },
+                config_state.clone(),
+            )?)
+        }
+        None => None,
+    };
     let router = Arc::new(Router::new(opts.region.clone(), OutlierSettings::default()));
     let client = Arc::new(UpstreamClient::new());
     let gateway = Arc::new(Gateway {
@@ -138,6 +196,7 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
         client: client.clone(),
         router: router.clone(),
         logger,
+        limits: Arc::new(crate::limits::Limits::default()),
         node_id: opts.node_id.clone(),
     });
     let ready = Arc::new(AtomicBool::new(false));
@@ -169,6 +228,7 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
+        config_state,
     });
     let mut admin = Service::new("switchyard admin".to_string(), admin_app);
     admin.add_tcp(&admin_listen);
@@ -186,6 +246,12 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
     server.add_service(edge);
     server.add_service(admin);
     server.add_service(bg);
+    if let Some(client) = control_client {
+        server.add_service(background_service(
+            "switchyard control plane client",
+            ControlService { client },
+        ));
+    }
     println!("edge listening on http://{listen}");
     println!("admin listening on http://{admin_listen}");
     use std::io::Write;

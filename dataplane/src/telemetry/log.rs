@@ -57,7 +57,12 @@ pub struct CallLog {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
     pub tool_calls: Vec<String>,
+    /// Virtual key id (never the secret).
+    pub key_id: Option<String>,
     pub tags: Tags,
+    /// Set when a hard budget moved the call to its downgrade route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downgraded_from: Option<String>,
     pub prompt_sha256: Option<String>,
     /// Full prompt and response: only when the route has `log_bodies: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +94,14 @@ impl CallLogger {
                 }
             })?;
         Ok(Self { tx })
+    }
+
+    /// Emits a non-call event line (e.g. a budget alert).
+    pub fn emit_event(&self, event: &serde_json::Value) {
+        if let Ok(mut line) = serde_json::to_vec(event) {
+            line.push(b'\n');
+            let _ = self.tx.send(line);
+        }
     }
 
     pub fn emit(&self, log: &CallLog) {

@@ -17,6 +17,13 @@ pub const PROVIDER_UP: &str = "switchyard_provider_up";
 pub const STREAMS_INCOMPLETE: &str = "switchyard_streams_incomplete_total";
 pub const REJECTED: &str = "switchyard_rejected_requests_total";
 pub const CONFIG_VERSION: &str = "switchyard_config_version";
+pub const RATE_LIMITED: &str = "switchyard_rate_limited_total";
+pub const BUDGET_EXCEEDED: &str = "switchyard_budget_exceeded_total";
+pub const BUDGET_SOFT_ALERTS: &str = "switchyard_budget_soft_alerts_total";
+pub const BUDGET_DOWNGRADES: &str = "switchyard_budget_downgrades_total";
+pub const CONFIG_AGE: &str = "switchyard_config_age_seconds";
+pub const CONTROL_PLANE_CONNECTED: &str = "switchyard_control_plane_connected";
+pub const CONFIG_APPLIES: &str = "switchyard_config_applies_total";
 
 /// Installs the global Prometheus recorder and returns its handle. Call
 /// `handle.run_upkeep()` periodically (the edge does every 5 s).
@@ -82,6 +89,19 @@ fn describe() {
     );
     describe_counter!(REJECTED, "Requests rejected before routing, by reason.");
     describe_gauge!(CONFIG_VERSION, "Config version this edge serves.");
+    describe_gauge!(
+        CONFIG_AGE,
+        Unit::Seconds,
+        "Seconds since the served config version was committed (control plane) or loaded (file)."
+    );
+    describe_gauge!(
+        CONTROL_PLANE_CONNECTED,
+        "1 while a Watch stream to the control plane is open, else 0."
+    );
+    describe_counter!(
+        CONFIG_APPLIES,
+        "Config versions from the control plane by result (accepted, rejected)."
+    );
 }
 
 /// Everything recorded once per finished call.
@@ -154,4 +174,43 @@ pub fn rejected(reason: &'static str) {
 
 pub fn config_version(version: u64) {
     gauge!(CONFIG_VERSION).set(version as f64);
+}
+
+pub fn config_age(seconds: f64) {
+    gauge!(CONFIG_AGE).set(seconds.max(0.0));
+}
+
+pub fn control_plane_connected(connected: bool) {
+    gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// `result` is `accepted` or `rejected`.
+pub fn config_apply(result: &'static str) {
+    counter!(CONFIG_APPLIES, "result" => result).increment(1);
+}
+
+/// Registers the control-plane series at zero so they are scraped before
+/// the first event.
+pub fn control_plane_init() {
+    control_plane_connected(false);
+    for result in ["accepted", "rejected"] {
+        counter!(CONFIG_APPLIES, "result" => result).increment(0);
+    }
+}
+
+pub fn rate_limited(code: &'static str) {
+    counter!(RATE_LIMITED, "limit" => code).increment(1);
+}
+
+pub fn budget_exceeded(budget: &str) {
+    counter!(BUDGET_EXCEEDED, "budget" => budget.to_string()).increment(1);
+}
+
+pub fn budget_soft_alert(budget: &str) {
+    counter!(BUDGET_SOFT_ALERTS, "budget" => budget.to_string()).increment(1);
+}
+
+pub fn budget_downgrade(budget: &str, to: &str) {
+    counter!(BUDGET_DOWNGRADES, "budget" => budget.to_string(), "to" => to.to_string())
+        .increment(1);
 }

@@ -2,6 +2,9 @@
 //! loopback (port 0) against in-process mock providers (real HTTP servers).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+/// Control-plane harness (etcd, `switchyard-control`, `switchyard-ctl`).
+pub mod control;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -109,8 +112,24 @@ impl Edge {
         self.url.trim_start_matches("http://").to_string()
     }
 
-    /// Parsed call log lines so far.
+    /// Parsed call log lines so far (event lines such as budget alerts are
+    /// left out; see [`Edge::events`]).
     pub fn calls(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|v| v.get("event").is_none())
+            .collect()
+    }
+
+    /// Event lines (`{"event": ...}`) of the call log.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    }
+
+    fn log_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.call_log)
             .unwrap_or_default()
             .lines()

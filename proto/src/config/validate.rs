@@ -112,6 +112,7 @@ pub fn validate(cfg: &Config) -> Result<(), ValidationError> {
                 format!("must be an http:// or https:// URL with a host, got {url:?}"),
             ),
         }
+        c.duration(format!("{path}.queue_timeout"), &p.queue_timeout);
         if let Some(h) = &p.health_check {
             c.duration(format!("{path}.health_check.interval"), &h.interval);
             c.duration(format!("{path}.health_check.timeout"), &h.timeout);
