@@ -91,6 +91,8 @@ pub struct ProviderConfig {
     pub headers: Vec<(http::HeaderName, String)>,
     pub anthropic_version: String,
     pub health: HealthSettings,
+    /// Spike protection per target of this provider.
+    pub queue: crate::routing::queue::QueueSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +327,19 @@ fn compile_provider(
             "2023-06-01".into()
         } else {
             p.anthropic_version.clone()
+        },
+        queue: crate::routing::queue::QueueSettings {
+            max_in_flight: if p.max_in_flight == 0 {
+                1024
+            } else {
+                p.max_in_flight as usize
+            },
+            max_queue: p.max_queue.unwrap_or(100) as usize,
+            queue_timeout: parse_duration(
+                &format!("{path}.queue_timeout"),
+                &p.queue_timeout,
+                Duration::from_secs(5),
+            )?,
         },
         health: HealthSettings {
             enabled: !hc.disabled,

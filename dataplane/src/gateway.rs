@@ -422,6 +422,7 @@ impl Gateway {
             mut response,
             mut decoder,
             pending,
+            slot: _slot,
         } = open;
         let mut headers = vec![
             (header::CONTENT_TYPE, "text/event-stream".to_string()),

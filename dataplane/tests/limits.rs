@@ -365,3 +365,52 @@ async fn exhausted_budget_downgrades_to_the_cheaper_route() {
         .sum();
     assert!(big <= 0.03 + 1e-9);
 }
+
+#[tokio::test]
+async fn spike_protection_bounds_the_queue_per_target() {
+    let mock = MockProvider::builder()
+        .ttft(Duration::from_millis(800))
+        .output_tokens(4..=4)
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let yaml = format!(
+        "providers:\n  p: {{kind: openai, base_url: '{}/v1', health_check: {{disabled: true}}, max_in_flight: 2, max_queue: 1, queue_timeout: 3s}}\nroutes:\n  m: {{targets: [{{provider: p, model: x}}]}}\n",
+        mock.url()
+    );
+    let edge = Edge::start(&yaml, &[], &[]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = edge.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&chat("m", 4))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").is_some();
+            (status, retry_after, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, retry_after, took) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert!(retry_after);
+                assert!(
+                    took < Duration::from_millis(500),
+                    "rejected at once, not queued: {took:?}"
+                );
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 3, "2 in flight + 1 queued");
+    assert_eq!(mock.stats().model_requests, 3);
+}

@@ -47,6 +47,8 @@ pub struct OpenStream {
     pub decoder: StreamDecoder,
     /// Events decoded before the hand-off, to be sent first.
     pub pending: Vec<StreamEvent>,
+    /// The target's in-flight slot, held until the stream ends.
+    pub slot: Option<super::queue::Slot>,
 }
 
 // Produced once per call and moved once: boxing would only add an allocation.
@@ -117,6 +119,7 @@ async fn await_first_content(
                 response,
                 decoder,
                 pending,
+                slot: None,
             });
         }
         match response.next_chunk(idle).await? {
@@ -173,6 +176,7 @@ impl Router {
         let mut last_err: Option<UpstreamError> = None;
         let mut untranslatable: Option<FormatError> = None;
         let mut rate_limited_for: Option<Duration> = None;
+        let mut overloaded = 0usize;
         'targets: for Candidate {
             target,
             tier,
@@ -221,6 +225,24 @@ impl Router {
                     first_byte: route.timeouts.first_byte.min(remaining),
                     idle: route.timeouts.idle.min(remaining),
                 };
+                let slot = match self.queues.acquire(&target.id, provider.queue).await {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        // Spike protection: this target is saturated; try
+                        // the next one rather than queue without bound.
+                        overloaded += 1;
+                        metrics::attempt(&target.id, full.label());
+                        routed.attempts.push(AttemptRecord {
+                            target: target.id.clone(),
+                            provider: provider.name.clone(),
+                            tier,
+                            outcome: full.label(),
+                            status: None,
+                            latency_ms: 0.0,
+                        });
+                        continue 'targets;
+                    }
+                };
                 let attempt_start = Instant::now();
                 let result: Result<Success, UpstreamError> = if req.stream {
                     match adapter
@@ -240,7 +262,10 @@ impl Router {
                 };
                 let elapsed = attempt_start.elapsed();
                 match result {
-                    Ok(success) => {
+                    Ok(mut success) => {
+                        if let Success::Stream(s) = &mut success {
+                            s.slot = Some(slot);
+                        }
                         let ttfb = match &success {
                             Success::Stream(s) => s.response.header_latency,
                             Success::Full(_) => elapsed,
@@ -328,6 +353,18 @@ impl Router {
                     }
                 }
             }
+        }
+        if last_err.is_none() && overloaded > 0 {
+            routed.result = Err(ApiError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "model `{}` is overloaded: every target's queue is full",
+                    route.name
+                ),
+            )
+            .with_code("overloaded")
+            .with_retry_after(Duration::from_secs(1)));
+            return routed;
         }
         routed.result = Err(final_error(
             route,

@@ -10,6 +10,7 @@
 pub mod attempts;
 pub mod health;
 pub mod probes;
+pub mod queue;
 pub mod regions;
 pub mod retry;
 
@@ -22,6 +23,7 @@ pub use retry::RetryBudget;
 pub struct Router {
     pub health: HealthRegistry,
     pub budget: RetryBudget,
+    pub queues: queue::Queues,
     /// This edge's home region; targets there are preferred.
     pub home_region: String,
 }
@@ -31,6 +33,7 @@ impl Router {
         Self {
             health: HealthRegistry::new(outlier),
             budget: RetryBudget::default(),
+            queues: queue::Queues::default(),
             home_region: home_region.into(),
         }
     }
