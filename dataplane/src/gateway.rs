@@ -12,6 +12,7 @@
 //! The HTTP server glue lives in [`crate::server`]; this module only sees a
 //! [`Downstream`] to write to, which keeps it independent of Pingora.
 
+use crate::cache;
 use crate::config::{EdgeConfig, Route};
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::{self, ApiFormat, BlockKind, ChatRequest, StreamEncoder, StreamEvent, Usage};
@@ -59,6 +60,8 @@ pub struct RequestMeta {
     pub tags: Tags,
     /// The virtual API key the client presented, if any.
     pub credential: Option<String>,
+    /// The request's `Cache-Control` directives.
+    pub cache_control: cache::CacheControl,
 }
 
 /// Per-call state threaded through the request path.
@@ -78,6 +81,7 @@ pub struct Gateway {
     pub router: Arc<Router>,
     pub logger: CallLogger,
     pub limits: Arc<Limits>,
+    pub cache: cache::ResponseCache,
     pub node_id: String,
 }
 
@@ -324,12 +328,69 @@ impl Gateway {
         };
         ctx.headers = admission.headers.clone();
         ctx.admission = Some(admission);
-        let log = &mut ctx.log;
-        log.route = Some(route.name.clone());
+        ctx.log.route = Some(route.name.clone());
         if route.log_bodies {
-            log.prompt = Some(prompt);
+            ctx.log.prompt = Some(prompt);
         }
         let deadline = started + route.timeouts.total;
+
+        // Exact-match cache: a hit (or the answer of an identical request
+        // already in flight) is served without calling a provider.
+        let policy = route.cache.as_ref().map(|c| cache::CachePolicy {
+            ttl: c.ttl,
+            max_entry_bytes: c.max_entry_bytes,
+            cache_nondeterministic: c.cache_nondeterministic,
+        });
+        let mut guard: Option<cache::LeaderGuard> = None;
+        if policy.is_some() || !meta.cache_control.is_empty() {
+            let sig = cache::RouteSignature::new(
+                &route.name,
+                route.default_max_tokens,
+                route
+                    .tiers
+                    .iter()
+                    .map(|t| t.targets.iter().map(|x| x.id.as_str())),
+            );
+            let lookup = self.cache.begin(
+                &req,
+                caller.team.as_deref(),
+                &sig,
+                policy.as_ref(),
+                &meta.cache_control,
+            );
+            let lookup = match lookup {
+                cache::Lookup::Follow(w) => {
+                    let out = tokio::select! {
+                        o = w.wait(deadline.saturating_duration_since(Instant::now())) => o,
+                        _ = down.client_closed() => {
+                            ctx.log.status = 499;
+                            ctx.log.error_type = Some("client_closed");
+                            return Ok(());
+                        }
+                    };
+                    match out {
+                        cache::FollowOutcome::Hit(e) => cache::Lookup::Hit(e),
+                        cache::FollowOutcome::Lead(g) => cache::Lookup::Lead(g),
+                    }
+                }
+                other => other,
+            };
+            match lookup {
+                cache::Lookup::Disabled | cache::Lookup::Follow(_) => {}
+                cache::Lookup::Bypass(_) => cache_status(ctx, cache::CacheStatus::Bypass),
+                cache::Lookup::Hit(entry) => {
+                    cache_status(ctx, cache::CacheStatus::Hit);
+                    self.serve_cached(cfg, fmt, &req, &route, &entry, meta, started, ctx, down)
+                        .await;
+                    return Ok(());
+                }
+                cache::Lookup::Lead(g) => {
+                    cache_status(ctx, g.status());
+                    guard = Some(g);
+                }
+            }
+        }
+        let log = &mut ctx.log;
         let attempt = tokio::time::timeout_at(
             deadline,
             self.router
@@ -376,6 +437,15 @@ impl Gateway {
                 let out = formats::encode_response(fmt, &resp, &req.model);
                 log.status = 200;
                 log.complete = true;
+                if let Some(g) = guard.take() {
+                    g.complete(
+                        resp,
+                        cache::ResponseOrigin {
+                            provider: target.provider.name.clone(),
+                            model: target.model.clone(),
+                        },
+                    );
+                }
                 let mut headers = vec![
                     (header::CONTENT_TYPE, "application/json".to_string()),
                     (
@@ -391,12 +461,78 @@ impl Gateway {
             }
             Success::Stream(open) => {
                 let extra = ctx.headers.clone();
+                let store = guard.take().map(|g| {
+                    let asm = g.stream_assembler(target.provider.kind.format());
+                    let origin = cache::ResponseOrigin {
+                        provider: target.provider.name.clone(),
+                        model: target.model.clone(),
+                    };
+                    (g, asm, origin)
+                });
                 self.pump_stream(
-                    fmt, &req, &route, open, meta, &extra, started, deadline, price, log, down,
+                    fmt, &req, &route, open, meta, &extra, started, deadline, price, store, log,
+                    down,
                 )
                 .await;
                 Ok(())
             }
+        }
+    }
+
+    /// Serves a cached answer: JSON, or a replayed SSE stream in the
+    /// client's shape. Costs nothing; logs the cost it saved.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_cached(
+        &self,
+        cfg: &EdgeConfig,
+        fmt: ApiFormat,
+        req: &ChatRequest,
+        route: &Route,
+        entry: &cache::CachedResponse,
+        meta: &RequestMeta,
+        started: Instant,
+        ctx: &mut CallCtx,
+        down: &mut dyn Downstream,
+    ) {
+        let log = &mut ctx.log;
+        log.status = 200;
+        log.complete = true;
+        log.provider = Some(entry.origin.provider.clone());
+        log.model_served = Some(entry.origin.model.clone());
+        log.priced = cfg.prices.contains_key(&entry.origin.model);
+        log.cost_saved_usd = cfg
+            .prices
+            .get(&entry.origin.model)
+            .map_or(0.0, |p| usage::cost_usd(p, &entry.usage()));
+        log.tool_calls = entry.response.tool_call_names();
+        if route.log_bodies {
+            log.response = Some(entry.response.text());
+        }
+        log.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let mut headers = vec![
+            (
+                HeaderName::from_static("x-request-id"),
+                meta.trace_id.clone(),
+            ),
+            (header::AGE, entry.age().as_secs().to_string()),
+        ];
+        headers.extend(ctx.headers.iter().cloned());
+        if req.stream {
+            headers.push((header::CONTENT_TYPE, "text/event-stream".to_string()));
+            headers.push((header::CACHE_CONTROL, "no-cache".to_string()));
+            let mut enc = StreamEncoder::new(fmt, &req.model, req.include_usage);
+            let mut buf = BytesMut::with_capacity(4096);
+            for ev in entry.replay_events() {
+                enc.encode(&ev, &mut buf);
+            }
+            enc.finish(&mut buf);
+            if down.start_stream(200, &headers).await.is_ok() {
+                let _ = down.send(buf.freeze(), true).await;
+            }
+        } else {
+            headers.push((header::CONTENT_TYPE, "application/json".to_string()));
+            let out = formats::encode_response(fmt, &entry.response, &req.model);
+            let _ = down.respond(200, &headers, Bytes::from(out)).await;
         }
     }
 
@@ -415,6 +551,11 @@ impl Gateway {
         started: Instant,
         deadline: Instant,
         price: Option<crate::config::Price>,
+        mut store: Option<(
+            cache::LeaderGuard,
+            cache::StreamAssembler,
+            cache::ResponseOrigin,
+        )>,
         log: &mut CallLog,
         down: &mut dyn Downstream,
     ) {
@@ -440,6 +581,9 @@ impl Gateway {
         let mut tool_calls = Vec::new();
         for ev in &pending {
             observe(ev, &mut text, &mut tool_calls);
+            if let Some((_, asm, _)) = store.as_mut() {
+                asm.push(ev);
+            }
             enc.encode(ev, &mut buf);
         }
         if down.start_stream(200, &headers).await.is_err() {
@@ -475,6 +619,9 @@ impl Gateway {
                     Ok(events) => {
                         for ev in &events {
                             observe(ev, &mut text, &mut tool_calls);
+                            if let Some((_, asm, _)) = store.as_mut() {
+                                asm.push(ev);
+                            }
                             enc.encode(ev, &mut buf);
                         }
                     }
@@ -528,6 +675,17 @@ impl Gateway {
             let _ = down.send(buf.split().freeze(), true).await;
             log.complete = true;
             self.client.release(response).await;
+            // Only complete, successful answers are stored.
+            if let Some((g, mut asm, origin)) = store.take() {
+                asm.set_usage(decoder.usage());
+                match asm.into_response() {
+                    Ok(r) => {
+                        g.complete(r, origin);
+                    }
+                    Err(Some(why)) => cache::record_not_stored(why.as_str()),
+                    Err(None) => {}
+                }
+            }
         }
         log.response = text;
         log.tool_calls = tool_calls;
@@ -540,6 +698,14 @@ impl Gateway {
         }
         account(log, &usage, price);
     }
+}
+
+fn cache_status(ctx: &mut CallCtx, s: cache::CacheStatus) {
+    ctx.headers.push((
+        HeaderName::from_static(cache::CACHE_STATUS_HEADER),
+        s.as_str().to_string(),
+    ));
+    ctx.log.cache = Some(s.as_str());
 }
 
 /// Collects what the call log needs from stream events.

@@ -15,10 +15,11 @@
 //! - [`upstream`]: the pooled HTTP transport to providers;
 //! - [`routing`]: health, regions, the attempt loop with retries and fallback;
 //! - [`config`]: the compiled runtime config; [`usage`]: cost accounting;
-//! - [`limits`]: keys, rate limits and budgets;
+//! - [`limits`]: keys, rate limits and budgets; [`cache`]: exact-match response cache;
 //! - [`control`]: the control-plane client (watch, apply, ack, snapshot);
 //! - [`telemetry`]: metrics and the per-call log; [`error`]: the API error.
 
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -11,17 +11,14 @@ use std::time::Duration;
 #[command(
     name = "switchyard-edge",
     version,
-    about = "Switchyard LLM gateway edge node"
+    about = "Switchyard LLM gateway edge node",
+    group(clap::ArgGroup::new("config_source").required(true).multiple(true).args(["config", "control_plane"]))
 )]
 struct Args {
     /// YAML config file (same format the control plane serves). Required
     /// without --control-plane; with it, the boot config used when there is
     /// no valid snapshot in --snapshot-dir.
-    #[arg(
-        long,
-        env = "SWITCHYARD_CONFIG",
-        required_unless_present = "control_plane"
-    )]
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Control plane to take config versions from, e.g. http://127.0.0.1:7400.
     #[arg(long, env = "SWITCHYARD_CONTROL_PLANE")]
@@ -48,7 +45,7 @@ struct Args {
     /// Client-facing listener (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Admin listener: /metrics, /healthz, /readyz, /admin/health.
+    /// Admin listener: /metrics, /healthz, /readyz, /admin/health, /admin/config.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_listen: String,
     /// This edge's home region.
@@ -72,6 +69,9 @@ struct Args {
     /// Unix socket used to hand over listeners during upgrades.
     #[arg(long, default_value = "/tmp/switchyard-edge-upgrade.sock")]
     upgrade_sock: PathBuf,
+    /// Memory cap of the response cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mb: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         grace_period: a.grace_period,
         upgrade: a.upgrade,
         upgrade_sock: a.upgrade_sock,
+        cache_max_bytes: a.cache_mb * 1024 * 1024,
     })?;
     Ok(())
 }

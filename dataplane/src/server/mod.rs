@@ -218,6 +218,14 @@ impl EdgeApp {
                 header_str(session, "authorization").as_deref(),
                 header_str(session, "x-api-key").as_deref(),
             ),
+            cache_control: crate::cache::CacheControl::parse_all(
+                session
+                    .req_header()
+                    .headers
+                    .get_all(http::header::CACHE_CONTROL)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            ),
             tags: Tags {
                 feature: header_str(session, HEADER_FEATURE),
                 team: header_str(session, HEADER_TEAM),

@@ -46,6 +46,8 @@ pub struct EdgeOptions {
     /// Take over the listening sockets of a running edge (Pingora upgrade).
     pub upgrade: bool,
     pub upgrade_sock: PathBuf,
+    /// Memory cap of the response cache, in bytes.
+    pub cache_max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,7 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
         router: router.clone(),
         logger,
         limits: Arc::new(crate::limits::Limits::default()),
+        cache: crate::cache::ResponseCache::new(opts.cache_max_bytes),
         node_id: opts.node_id.clone(),
     });
     let ready = Arc::new(AtomicBool::new(false));

@@ -49,6 +49,11 @@ pub struct CallLog {
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub cost_usd: f64,
+    /// What a cache hit saved (the original call's cost).
+    pub cost_saved_usd: f64,
+    /// `HIT`, `MISS` or `BYPASS` when the route caches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
     /// False when the served model has no entry in the price table.
     pub priced: bool,
     /// True when some token counts are estimates (a cut stream whose

@@ -39,6 +39,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     metrics::set_global_recorder(recorder)
         .map_err(metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder)?;
     describe();
+    crate::cache::describe_metrics();
     Ok(handle)
 }
 
