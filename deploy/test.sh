@@ -22,10 +22,17 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
+# The official OpenAI and Anthropic Python SDKs against a real edge.
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv' 2>/dev/null; then
+  deploy/checks/sdk.sh
+else
+  echo "skipping the SDK check: python3 with venv is not available"
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
   # nextest does not run doctests
   cargo test --workspace --doc -q
+  cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
