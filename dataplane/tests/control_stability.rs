@@ -138,8 +138,10 @@ async fn etcd_outage_under_load_keeps_serving_and_writes_fail_fast() {
     );
     let age = metric_sum(&m, "switchyard_config_age_seconds", &[]);
     assert!((0.0..30.0).contains(&age), "config age {age}");
-    let seen = edge_status(&cp.url, "edge-outage").await.unwrap();
-    assert_eq!(seen["version_served"], 2, "{seen}");
+    wait_edge_status(&cp.url, "edge-outage", "serving 2", |e| {
+        e["version_served"] == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,15 +227,10 @@ async fn edge_restarted_during_a_control_plane_outage_boots_from_its_snapshot() 
         c["control_plane"]["connected"] == true
     })
     .await;
-    assert!(
-        eventually(10, || async {
-            edge_status(&cp.url, "edge-snap")
-                .await
-                .is_some_and(|e| e["version_served"] == 2)
-        })
-        .await,
-        "the control plane never learned what edge-snap serves"
-    );
+    wait_edge_status(&cp.url, "edge-snap", "serving 2 (re-ack)", |e| {
+        e["version_served"] == 2
+    })
+    .await;
     assert_eq!(edge.applied_versions().await, vec![2]);
     let m = edge.metrics().await;
     assert_eq!(
@@ -261,15 +258,10 @@ async fn cut_watch_streams_reconnect_and_converge_without_skips_or_repeats() {
             && c["control_plane"]["connected"] == true
     })
     .await;
-    assert!(
-        eventually(10, || async {
-            edge_status(&cp.url, "edge-cut")
-                .await
-                .is_some_and(|e| e["version_served"] == 1 && e["connected"] == true)
-        })
-        .await,
-        "restarted control plane never learned edge-cut serves version 1"
-    );
+    wait_edge_status(&cp.url, "edge-cut", "serving 1 (re-ack)", |e| {
+        e["version_served"] == 1 && e["connected"] == true
+    })
+    .await;
     assert_eq!(apply_ok(&cp.url, &url(&["r2"])).await, 2);
     edge.wait_version(2).await;
 
@@ -307,12 +299,10 @@ async fn cut_watch_streams_reconnect_and_converge_without_skips_or_repeats() {
         metric_sum(&m, "switchyard_config_applies_total", &["rejected"]),
         0.0
     );
-    let seen = edge_status(&cp.url, "edge-cut").await.unwrap();
-    assert_eq!(
-        (&seen["version_served"], &seen["connected"]),
-        (&4.into(), &true.into()),
-        "{seen}"
-    );
+    wait_edge_status(&cp.url, "edge-cut", "serving 4", |e| {
+        e["version_served"] == 4 && e["connected"] == true
+    })
+    .await;
     for model in ["gpt-mock", "r2", "r3", "r4"] {
         assert_eq!(chat(&http(), &edge.url, model).await, 200, "{model}");
     }
@@ -378,14 +368,13 @@ async fn invalid_version_in_the_store_is_nacked_and_the_previous_one_keeps_servi
     );
     assert_eq!(chat(&http(), &edge.url, "gpt-mock").await, 200);
     assert_eq!(chat(&http(), &edge.url, "broken").await, 404);
-    let seen = edge_status(&cp.url, "edge-nack").await.unwrap();
+    let seen = wait_edge_status(&cp.url, "edge-nack", "NACK of 2", |e| {
+        e["last_ack_version"] == 2
+    })
+    .await;
     assert_eq!(
-        (
-            &seen["version_served"],
-            &seen["last_ack_version"],
-            &seen["last_ack_accepted"]
-        ),
-        (&1.into(), &2.into(), &false.into()),
+        (&seen["version_served"], &seen["last_ack_accepted"]),
+        (&1.into(), &false.into()),
         "{seen}"
     );
     assert!(

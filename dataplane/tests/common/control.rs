@@ -467,6 +467,30 @@ pub async fn edge_status(server: &str, node_id: &str) -> Option<serde_json::Valu
         .cloned()
 }
 
+/// Waits (bounded) until the control plane's view of `node_id` satisfies
+/// `pred` (acks are sent just after a version is applied).
+pub async fn wait_edge_status(
+    server: &str,
+    node_id: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = edge_status(server, node_id).await;
+        if let Some(s) = &seen {
+            if pred(s) {
+                return s.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "control plane: {node_id} {what} not reached within 10s; last: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Edges on the control plane
 // ---------------------------------------------------------------------------
