@@ -229,6 +229,11 @@ async fn rate_limit_ejects_for_retry_after(retry_after: RetryAfter) {
     );
     let m = s.edge.metrics().await;
     assert_eq!(
+        metric_sum(&m, "switchyard_target_state", &["target=\"pa/gpt-a\""]),
+        2.0,
+        "ejected"
+    );
+    assert_eq!(
         metric_sum(
             &m,
             "switchyard_target_ejections_total",

@@ -36,6 +36,24 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     r
 }
 
+impl AdminApp {
+    /// Live health of every target of the served config.
+    fn target_views(&self) -> Vec<crate::routing::health::TargetView> {
+        let cfg = self.gateway.config.load();
+        let mut ids: Vec<(String, String)> = cfg
+            .routes
+            .values()
+            .flat_map(|r| r.targets().map(|t| (t.provider.name.clone(), t.id.clone())))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        self.gateway
+            .router
+            .health
+            .view(&ids, tokio::time::Instant::now())
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -44,6 +62,9 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => {
                 self.config_state.refresh_metrics();
+                for t in self.target_views() {
+                    crate::telemetry::metrics::target_state(&t.target, t.state);
+                }
                 reply(
                     200,
                     "text/plain; version=0.0.4",
@@ -61,19 +82,7 @@ impl ServeHttp for AdminApp {
                 }
             }
             "/admin/health" => {
-                let cfg = self.gateway.config.load();
-                let mut ids: Vec<(String, String)> = cfg
-                    .routes
-                    .values()
-                    .flat_map(|r| r.targets().map(|t| (t.provider.name.clone(), t.id.clone())))
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                let view = self
-                    .gateway
-                    .router
-                    .health
-                    .view(&ids, tokio::time::Instant::now());
+                let view = self.target_views();
                 let body = serde_json::json!({
                     "region": self.gateway.router.home_region,
                     "targets": view,

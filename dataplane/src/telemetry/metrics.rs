@@ -17,6 +17,7 @@ pub const PROVIDER_UP: &str = "switchyard_provider_up";
 pub const STREAMS_INCOMPLETE: &str = "switchyard_streams_incomplete_total";
 pub const REJECTED: &str = "switchyard_rejected_requests_total";
 pub const CONFIG_VERSION: &str = "switchyard_config_version";
+pub const TARGET_STATE: &str = "switchyard_target_state";
 pub const RATE_LIMITED: &str = "switchyard_rate_limited_total";
 pub const BUDGET_EXCEEDED: &str = "switchyard_budget_exceeded_total";
 pub const BUDGET_SOFT_ALERTS: &str = "switchyard_budget_soft_alerts_total";
@@ -214,4 +215,16 @@ pub fn budget_soft_alert(budget: &str) {
 pub fn budget_downgrade(budget: &str, to: &str) {
     counter!(BUDGET_DOWNGRADES, "budget" => budget.to_string(), "to" => to.to_string())
         .increment(1);
+}
+
+/// Circuit state of a target: 0 healthy, 1 probation, 2 ejected, 3 its
+/// provider fails active probes. Refreshed on every scrape.
+pub fn target_state(target: &str, state: &str) {
+    let v = match state {
+        "healthy" => 0.0,
+        "probation" => 1.0,
+        "ejected" => 2.0,
+        _ => 3.0,
+    };
+    gauge!(TARGET_STATE, "target" => target.to_string()).set(v);
 }
