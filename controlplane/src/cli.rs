@@ -14,9 +14,10 @@ use switchyard_proto::config::{self, ApiKey, Budget, Config};
 use switchyard_proto::control::{
     config_service_client::ConfigServiceClient, resource::Spec, ApplyConfigRequest,
     ApplyResourceRequest, ChangeType, CreateKeyRequest, DeleteResourceRequest, DiffEntry,
-    DiffRequest, GetConfigRequest, HistoryRequest, ListBudgetsRequest, ListEdgesRequest,
-    ListKeysRequest, Resource, ResourceKind, RevokeKeyRequest, RollbackRequest, SetBudgetRequest,
-    ValidateRequest, WriteOptions, WriteResult,
+    DiffRequest, GetBudgetStatusRequest, GetConfigRequest, GetUsageRequest, HistoryRequest,
+    ListBudgetsRequest, ListEdgesRequest, ListKeysRequest, Resource, ResourceKind,
+    RevokeKeyRequest, RollbackRequest, SetBudgetRequest, ValidateRequest, WriteOptions,
+    WriteResult,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -164,6 +165,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: BudgetsCmd,
     },
+    /// Cost views from the usage edges reported (requests, tokens, USD).
+    Usage {
+        /// Group by key, user, team, feature, model, route, provider, edge,
+        /// hour or day (UTC).
+        #[arg(long, default_value = "key")]
+        by: String,
+        /// Only usage since this time: RFC 3339 (2026-11-23T00:00:00Z) or a
+        /// duration back from now (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only usage before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +251,12 @@ pub enum BudgetsCmd {
     List {
         #[arg(long)]
         version: Option<u64>,
+    },
+    /// Global budget windows: hard limit, accounted, and each edge's grant.
+    Status {
+        /// Only this budget.
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -876,8 +897,98 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<ExitCode, Failure> {
         }
         Cmd::Keys { cmd } => keys(ctx, cmd).await?,
         Cmd::Budgets { cmd } => budgets(ctx, cmd).await?,
+        Cmd::Usage { by, since, until } => usage(ctx, &by, since, until).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since` / `--until`: RFC 3339, or a duration back from now.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, Failure> {
+    let s = s.trim();
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        Err(_) => Err(Failure {
+            message: format!(
+                "invalid time {s:?}: use RFC 3339 (2026-11-23T00:00:00Z) or a duration (24h)"
+            ),
+            exit: 2,
+        }),
+    }
+}
+
+fn usage_row_json(r: &switchyard_proto::control::UsageRow) -> Value {
+    json!({
+        "key": r.key,
+        "requests": r.requests,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "cached_tokens": r.cached_tokens,
+        "cost_usd": r.cost_usd,
+    })
+}
+
+async fn usage(
+    ctx: &Ctx,
+    by: &str,
+    since: Option<String>,
+    until: Option<String>,
+) -> Result<(), Failure> {
+    let now = versioning::now_unix_ms();
+    let since = since.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let until = until.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let r = ctx
+        .client()
+        .await?
+        .get_usage(GetUsageRequest {
+            group_by: by.to_string(),
+            since_unix_ms: since.unwrap_or(0),
+            until_unix_ms: until.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let total = r.total.clone().unwrap_or_default();
+    if ctx.json() {
+        ctx.emit(&json!({
+            "group_by": r.group_by,
+            "since_unix_ms": since.unwrap_or(0),
+            "until_unix_ms": until.unwrap_or(0),
+            "rows": r.rows.iter().map(usage_row_json).collect::<Vec<_>>(),
+            "total": usage_row_json(&total),
+        }));
+        return Ok(());
+    }
+    if r.rows.is_empty() {
+        println!("no usage");
+        return Ok(());
+    }
+    let mut rows = vec![[
+        r.group_by.to_uppercase().as_str(),
+        "REQUESTS",
+        "INPUT",
+        "OUTPUT",
+        "CACHED",
+        "COST-USD",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for row in r.rows.iter().chain(std::iter::once(&total)) {
+        rows.push(vec![
+            or_dash(&row.key),
+            row.requests.to_string(),
+            row.input_tokens.to_string(),
+            row.output_tokens.to_string(),
+            row.cached_tokens.to_string(),
+            format!("{:.6}", row.cost_usd),
+        ]);
+    }
+    table(rows);
+    Ok(())
 }
 
 async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<(), Failure> {
@@ -1058,6 +1169,95 @@ async fn budgets(ctx: &Ctx, cmd: BudgetsCmd) -> Result<(), Failure> {
                         format!("{}", b.hard_limit_usd),
                         or_dash(&b.downgrade_to),
                     ]);
+                }
+                table(rows);
+            }
+        }
+        BudgetsCmd::Status { name } => {
+            let r = ctx
+                .client()
+                .await?
+                .get_budget_status(GetBudgetStatusRequest {
+                    budget: name.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let now = versioning::now_unix_ms();
+            if ctx.json() {
+                let list: Vec<Value> = r
+                    .allocations
+                    .iter()
+                    .map(|a| {
+                        let accounted = crate::budgets::total(a);
+                        json!({
+                            "budget": a.budget,
+                            "window": a.window,
+                            "window_start_unix_ms": a.window_start_unix_ms,
+                            "window_start": versioning::format_unix_ms(a.window_start_unix_ms),
+                            "hard_limit_usd": a.hard_limit_usd,
+                            "accounted_usd": accounted,
+                            "available_usd": (a.hard_limit_usd - accounted).max(0.0),
+                            "edges": a.edges.iter().map(|e| json!({
+                                "edge_id": e.edge_id,
+                                "instance_id": e.instance_id,
+                                "allowance_usd": e.allowance_usd,
+                                "committed_usd": e.committed_usd,
+                                "carried_usd": e.carried_usd,
+                                "lease_expires_unix_ms": e.lease_expires_unix_ms,
+                                "lease_live": e.lease_expires_unix_ms > now,
+                                "last_report_unix_ms": e.last_report_unix_ms,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                ctx.emit(&json!({ "allocations": list }));
+            } else if r.allocations.is_empty() {
+                println!("no global budget windows yet");
+            } else {
+                let mut rows = vec![[
+                    "BUDGET",
+                    "WINDOW",
+                    "EDGE",
+                    "HARD-USD",
+                    "ALLOWANCE-USD",
+                    "COMMITTED-USD",
+                    "CARRIED-USD",
+                    "LEASE",
+                ]
+                .map(String::from)
+                .to_vec()];
+                for a in &r.allocations {
+                    let accounted = crate::budgets::total(a);
+                    rows.push(vec![
+                        a.budget.clone(),
+                        format!(
+                            "{} {}",
+                            a.window,
+                            versioning::format_unix_ms(a.window_start_unix_ms)
+                        ),
+                        "*".into(),
+                        format!("{}", a.hard_limit_usd),
+                        format!("{accounted:.6}"),
+                        "-".into(),
+                        "-".into(),
+                        format!("available {:.6}", (a.hard_limit_usd - accounted).max(0.0)),
+                    ]);
+                    for e in &a.edges {
+                        rows.push(vec![
+                            String::new(),
+                            String::new(),
+                            e.edge_id.clone(),
+                            String::new(),
+                            format!("{:.6}", e.allowance_usd),
+                            format!("{:.6}", e.committed_usd),
+                            format!("{:.6}", e.carried_usd),
+                            if e.lease_expires_unix_ms > now {
+                                format!("live {}s", (e.lease_expires_unix_ms - now) / 1000)
+                            } else {
+                                "expired".into()
+                            },
+                        ]);
+                    }
                 }
                 table(rows);
             }

@@ -54,6 +54,13 @@ pub struct ServerArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 
+    /// Lease given with every global budget grant: a `fail_open` budget falls
+    /// back to the edge's local hard limit once its lease has run out while
+    /// the control plane is unreachable; edges that stopped asking for this
+    /// long no longer count when slices are sized. See docs/budgets.md.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub budget_lease_ttl: Duration,
+
     /// Bearer token required on ConfigService (operators, switchyard-ctl).
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -153,7 +160,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing::info!(store = %store.describe(), "store opened");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = State::new(store, stop_rx.clone());
+    if args.budget_lease_ttl < Duration::from_millis(100) {
+        anyhow::bail!("--budget-lease-ttl must be at least 100ms");
+    }
+    let state = State::with_policy(
+        store,
+        stop_rx.clone(),
+        crate::budgets::Policy {
+            lease_ttl: args.budget_lease_ttl,
+            ..Default::default()
+        },
+    );
 
     let config_svc = ConfigServiceServer::new(ConfigApi::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

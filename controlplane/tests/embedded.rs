@@ -216,6 +216,7 @@ async fn watch_streams_snapshot_then_every_version_in_order() {
             cost_usd: 0.5,
             ..Default::default()
         }],
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let mut acks = edge

@@ -83,7 +83,14 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     pub cache: cache::ResponseCache,
     pub node_id: String,
+    /// With a control plane: where every admitted call's usage record goes
+    /// (the reporter's spool).
+    pub usage: Option<Arc<dyn usage::UsageSink>>,
 }
+
+/// How long a call waits for a grant when this edge's share of a global
+/// budget is used up and the control plane was asked for more.
+const GRANT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
@@ -180,6 +187,7 @@ impl Gateway {
             headers,
             admission,
         } = ctx;
+        let admitted = admission.is_some();
         if let Err(err) = outcome {
             log.status = err.status();
             log.error_type = Some(err.kind.label());
@@ -207,6 +215,18 @@ impl Gateway {
             }
         }
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if admitted {
+            if let Some(sink) = &self.usage {
+                sink.record(usage_record(&log));
+            }
+        }
+        if log.cost_usd > 0.0 {
+            metrics::attributed_cost(
+                cfg.limits.team_label(log.tags.team.as_deref()),
+                cfg.limits.feature_label(log.tags.feature.as_deref()),
+                log.cost_usd,
+            );
+        }
         metrics::call(&metrics::CallMetrics {
             api: log.api,
             route: log.route.as_deref().unwrap_or("-"),
@@ -264,7 +284,7 @@ impl Gateway {
             team: caller.team.clone(),
             user: caller.user.clone(),
         };
-        let req = formats::parse_request(fmt, body)?;
+        let mut req = formats::parse_request(fmt, body)?;
         log.stream = req.stream;
         log.model_requested = Some(req.model.clone());
         log.temperature = req.temperature;
@@ -295,17 +315,25 @@ impl Gateway {
         // Rate limits and budgets; a hard budget may downgrade the route.
         let mut route = route;
         let mut allow_downgrade = true;
+        // A global budget may make the call wait (bounded) for more of it.
+        let wait_until = Instant::now() + GRANT_WAIT;
         let admission = loop {
             let tier = route
                 .tier
                 .as_deref()
                 .or(caller.key.as_ref().and_then(|k| k.tier.as_deref()));
             let est = estimate(cfg, &route, &req, &prompt);
+            let may_wait = Instant::now() < wait_until;
             match self
                 .limits
-                .admit(&cfg.limits, &caller, tier, est, allow_downgrade)
+                .admit_with(&cfg.limits, &caller, tier, est, allow_downgrade, may_wait)
             {
                 Ok(a) => break a,
+                Err(Rejection::AwaitGrant(w)) => {
+                    metrics::budget_grant_wait();
+                    w.wait(wait_until.saturating_duration_since(Instant::now()))
+                        .await;
+                }
                 Err(Rejection::Limited(err, headers)) => {
                     metrics::rate_limited(err.code.unwrap_or("rate_limited"));
                     ctx.headers = headers;
@@ -326,6 +354,11 @@ impl Gateway {
                 }
             }
         };
+        // The reservation priced a missing max_tokens at the route's
+        // default: cap the answer there so a hard budget holds.
+        if req.max_tokens.is_none() && admission.hard_budget() {
+            req.max_tokens = Some(route.default_max_tokens);
+        }
         ctx.headers = admission.headers.clone();
         ctx.admission = Some(admission);
         ctx.log.route = Some(route.name.clone());
@@ -752,6 +785,31 @@ fn estimate(cfg: &EdgeConfig, route: &Route, req: &ChatRequest, prompt: &str) ->
     Estimate {
         tokens: input + output,
         cost_usd,
+    }
+}
+
+/// The usage record of a finished call, for the control plane.
+fn usage_record(log: &CallLog) -> switchyard_proto::control::UsageRecord {
+    let ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    switchyard_proto::control::UsageRecord {
+        timestamp_unix_ms: ms,
+        key_id: log.key_id.clone().unwrap_or_default(),
+        team: log.tags.team.clone().unwrap_or_default(),
+        user: log.tags.user.clone().unwrap_or_default(),
+        feature: log.tags.feature.clone().unwrap_or_default(),
+        route: log.route.clone().unwrap_or_default(),
+        model: log.model_served.clone().unwrap_or_default(),
+        provider: log.provider.clone().unwrap_or_default(),
+        input_tokens: log.input_tokens,
+        output_tokens: log.output_tokens,
+        cached_tokens: log.cached_tokens,
+        cost_usd: log.cost_usd,
+        request_id: log.trace_id.clone(),
+        seq: 0,
+        status: u32::from(log.status),
     }
 }
 

@@ -7,11 +7,12 @@ use switchyard_proto::config::{self, ApiKey, Config};
 use switchyard_proto::control::{
     config_service_server::ConfigService, resource::Spec, ApplyConfigRequest, ApplyResourceRequest,
     CreateKeyRequest, CreateKeyResponse, DeleteResourceRequest, DiffRequest, DiffResponse,
-    FieldError as PbFieldError, GetConfigRequest, GetConfigResponse, HistoryRequest,
-    HistoryResponse, ListBudgetsRequest, ListBudgetsResponse, ListEdgesRequest, ListEdgesResponse,
-    ListKeysRequest, ListKeysResponse, ListResourcesRequest, ListResourcesResponse, Resource,
-    ResourceKind, RevokeKeyRequest, RollbackRequest, SetBudgetRequest, ValidateRequest,
-    ValidateResponse, WriteResult,
+    FieldError as PbFieldError, GetBudgetStatusRequest, GetBudgetStatusResponse, GetConfigRequest,
+    GetConfigResponse, GetUsageRequest, GetUsageResponse, HistoryRequest, HistoryResponse,
+    ListBudgetsRequest, ListBudgetsResponse, ListEdgesRequest, ListEdgesResponse, ListKeysRequest,
+    ListKeysResponse, ListResourcesRequest, ListResourcesResponse, Resource, ResourceKind,
+    RevokeKeyRequest, RollbackRequest, SetBudgetRequest, ValidateRequest, ValidateResponse,
+    WriteResult,
 };
 use tonic::{Request, Response, Status};
 
@@ -358,5 +359,49 @@ impl ConfigService for ConfigApi {
             version: l.env.version,
             budgets: l.config.budgets.clone(),
         }))
+    }
+
+    async fn get_usage(
+        &self,
+        req: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        let req = req.into_inner();
+        let group_by = crate::usage::GroupBy::parse(&req.group_by).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "group_by {:?}: expected one of {}",
+                req.group_by,
+                crate::usage::GroupBy::NAMES
+            ))
+        })?;
+        let mut agg = crate::usage::Aggregator::new(group_by, req.since_unix_ms, req.until_unix_ms);
+        self.state
+            .store()
+            .scan_usage(&mut |edge, batch| agg.add(edge, &batch))
+            .await
+            .map_err(super::store_status)?;
+        Ok(Response::new(agg.finish()))
+    }
+
+    async fn get_budget_status(
+        &self,
+        req: Request<GetBudgetStatusRequest>,
+    ) -> Result<Response<GetBudgetStatusResponse>, Status> {
+        let req = req.into_inner();
+        let mut allocations = self
+            .state
+            .store()
+            .list_allocations()
+            .await
+            .map_err(super::store_status)?;
+        allocations.retain(|a| req.budget.is_empty() || a.budget == req.budget);
+        allocations.sort_by(|a, b| {
+            b.window_start_unix_ms
+                .cmp(&a.window_start_unix_ms)
+                .then(a.budget.cmp(&b.budget))
+        });
+        for a in &mut allocations {
+            a.edges.sort_by(|x, y| x.edge_id.cmp(&y.edge_id));
+        }
+        Ok(Response::new(GetBudgetStatusResponse { allocations }))
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use switchyard_proto::control::{
-    edge_service_server::EdgeService, AckRequest, AckResponse, ConfigUpdate, UsageAck, UsageReport,
-    WatchRequest,
+    edge_service_server::EdgeService, AckRequest, AckResponse, BudgetGrant, BudgetState,
+    ConfigUpdate, UsageAck, UsageReport, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -175,7 +175,7 @@ async fn run_usage(
             let _ = tx.send(Err(s)).await;
             return;
         }
-        if report.seq == 0 {
+        if report.seq == 0 && !report.records.is_empty() {
             let _ = tx
                 .send(Err(Status::invalid_argument("seq must start at 1")))
                 .await;
@@ -184,9 +184,17 @@ async fn run_usage(
         state.edge_update(&report.edge_id, &report.region, |_| {});
         match state.store().record_usage(&report).await {
             Ok(persisted) => {
+                let mut grants = Vec::with_capacity(report.budgets.len());
+                for st in &report.budgets {
+                    if let Some(g) =
+                        budget_grant(&state, &report.edge_id, report.instance_id, st).await
+                    {
+                        grants.push(g);
+                    }
+                }
                 let ack = UsageAck {
                     persisted_seq: persisted,
-                    grants: vec![],
+                    grants,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;
@@ -197,6 +205,63 @@ async fn run_usage(
                 let _ = tx.send(Err(super::store_status(e))).await;
                 return;
             }
+        }
+    }
+}
+
+/// Answers one edge's state of one global budget window (see
+/// [`crate::budgets`]). `None` when the allocation cannot be updated (store
+/// unavailable): the edge keeps what it has and its lease is not renewed.
+async fn budget_grant(
+    state: &State,
+    edge_id: &str,
+    instance: u64,
+    st: &BudgetState,
+) -> Option<BudgetGrant> {
+    let now = crate::versioning::now_unix_ms();
+    let loaded = match state.head_config().await {
+        Ok(l) => l,
+        Err(s) => {
+            tracing::warn!(edge = %edge_id, budget = %st.budget, error = %s.message(), "no config to grant budgets from");
+            return None;
+        }
+    };
+    let rule = loaded
+        .as_ref()
+        .and_then(|l| crate::budgets::rule(&l.config, &st.budget))
+        .filter(|r| r.window == st.window);
+    let Some(rule) = rule else {
+        tracing::warn!(edge = %edge_id, budget = %st.budget, window = %st.window, "edge reported a budget the current config does not share globally");
+        return Some(crate::budgets::unmanaged(st));
+    };
+    if !crate::budgets::window_ok(rule.window, st.window_start_unix_ms, now) {
+        tracing::warn!(edge = %edge_id, budget = %st.budget, window_start = st.window_start_unix_ms, "implausible budget window (edge clock?); granting nothing");
+        return Some(BudgetGrant {
+            budget: st.budget.clone(),
+            window: st.window.clone(),
+            window_start_unix_ms: st.window_start_unix_ms,
+            ..Default::default()
+        });
+    }
+    let policy = *state.budget_policy();
+    let lock = state.budget_lock(&st.budget, st.window_start_unix_ms);
+    let _serial = lock.lock().await;
+    let mut grant = None;
+    let result = state
+        .store()
+        .update_allocation(&st.budget, st.window_start_unix_ms, &mut |current| {
+            let mut alloc = current.unwrap_or_default();
+            grant = Some(crate::budgets::apply(
+                &mut alloc, edge_id, instance, st, &rule, now, &policy,
+            ));
+            alloc
+        })
+        .await;
+    match result {
+        Ok(_) => grant,
+        Err(e) => {
+            tracing::warn!(edge = %edge_id, budget = %st.budget, error = %e, "budget allocation not updated");
+            None
         }
     }
 }

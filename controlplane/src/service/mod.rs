@@ -48,6 +48,9 @@ struct EdgeEntry {
     watchers: usize,
 }
 
+/// Serializes one replica's updates of one budget window.
+type BudgetLock = Arc<tokio::sync::Mutex<()>>;
+
 /// State shared by both services.
 pub struct State {
     store: Arc<dyn Store>,
@@ -56,6 +59,11 @@ pub struct State {
     /// Serializes this replica's writes (other replicas are handled by CAS).
     write_lock: tokio::sync::Mutex<()>,
     stop: watch::Receiver<bool>,
+    /// Global budget allocation settings.
+    budget_policy: crate::budgets::Policy,
+    /// One lock per budget window: this replica's updates of an allocation
+    /// queue here, so compare-and-swap only races other replicas.
+    budget_locks: parking_lot::Mutex<BTreeMap<(String, i64), BudgetLock>>,
 }
 
 /// Maps store errors onto gRPC codes.
@@ -87,12 +95,23 @@ impl State {
     /// Creates the state and starts prefetching every new head version into
     /// the cache (until `stop`).
     pub fn new(store: Arc<dyn Store>, stop: watch::Receiver<bool>) -> Arc<Self> {
+        Self::with_policy(store, stop, crate::budgets::Policy::default())
+    }
+
+    /// [`State::new`] with global budget settings.
+    pub fn with_policy(
+        store: Arc<dyn Store>,
+        stop: watch::Receiver<bool>,
+        budget_policy: crate::budgets::Policy,
+    ) -> Arc<Self> {
         let state = Arc::new(Self {
             store,
             cache: parking_lot::Mutex::new(BTreeMap::new()),
             edges: parking_lot::Mutex::new(BTreeMap::new()),
             write_lock: tokio::sync::Mutex::new(()),
             stop,
+            budget_policy,
+            budget_locks: parking_lot::Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(prefetch(
             Arc::downgrade(&state),
@@ -149,6 +168,33 @@ impl State {
                     .remember(env)
                     .map_err(|s| StoreError::Corrupt(s.message().to_string())),
             },
+        }
+    }
+
+    /// Global budget allocation settings.
+    pub fn budget_policy(&self) -> &crate::budgets::Policy {
+        &self.budget_policy
+    }
+
+    /// The lock serializing this replica's updates of one budget window.
+    pub fn budget_lock(&self, budget: &str, window_start: i64) -> BudgetLock {
+        let mut locks = self.budget_locks.lock();
+        if locks.len() > 4096 {
+            // Forget idle locks (windows roll over; budgets get deleted).
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks
+            .entry((budget.to_string(), window_start))
+            .or_default()
+            .clone()
+    }
+
+    /// The newest version this replica knows of, from memory when it can
+    /// (the cache is prefetched on every head change); `None` before any.
+    pub async fn head_config(&self) -> Result<Option<Arc<Loaded>>, Status> {
+        match self.head_version() {
+            0 => Ok(None),
+            n => self.load(n).await,
         }
     }
 

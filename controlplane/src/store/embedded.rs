@@ -9,6 +9,7 @@
 //! | `config/current`                   | decimal N of the newest version         |
 //! | `usage/<edge>.log`                 | length-delimited `UsageReport`s         |
 //! | `usage/<edge>.seq`                 | decimal highest persisted usage seq     |
+//! | `budgets/<start:020>-<hex name>.pb` | `BudgetAllocation` of one budget window |
 //! | `LOCK`                             | pid of the process owning the directory |
 //!
 //! Every file is replaced atomically (write to a temp file, fsync, rename,
@@ -16,16 +17,17 @@
 //! leaves the previous version current. A version file above `current` is
 //! an orphan of such a crash and is overwritten by the next commit.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use switchyard_proto::control::{StoredVersion, UsageReport};
+use switchyard_proto::control::{BudgetAllocation, StoredVersion, UsageReport};
 use tokio::sync::{watch, Mutex};
 
-use super::{pad, Head, Store, StoreError};
+use super::{budget_key, new_records, pad, Head, Store, StoreError};
 
 /// The embedded store.
 pub struct EmbeddedStore {
@@ -34,6 +36,9 @@ pub struct EmbeddedStore {
     current: Mutex<u64>,
     /// Serializes usage appends.
     usage: Mutex<()>,
+    /// Budget allocations by file name (all loaded at open); held across an
+    /// update, which serializes them.
+    budgets: Mutex<HashMap<String, BudgetAllocation>>,
     head_tx: watch::Sender<Option<u64>>,
     head: Head,
     _lock: LockFile,
@@ -115,7 +120,7 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the data directory and takes its lock.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir: PathBuf = dir.into();
-        for sub in ["config/versions", "usage"] {
+        for sub in ["config/versions", "usage", "budgets"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
         }
@@ -127,11 +132,13 @@ impl EmbeddedStore {
                 dir.display()
             )));
         }
+        let budgets = load_budgets(&dir.join("budgets"))?;
         let (head_tx, head) = watch::channel(Some(current));
         Ok(Self {
             dir: Arc::new(dir),
             current: Mutex::new(current),
             usage: Mutex::new(()),
+            budgets: Mutex::new(budgets),
             head_tx,
             head,
             _lock: lock,
@@ -221,13 +228,14 @@ impl Store for EmbeddedStore {
         let dir = self.dir.join("usage");
         let seq_path = dir.join(format!("{}.seq", report.edge_id));
         let log_path = dir.join(format!("{}.log", report.edge_id));
-        let bytes = report.encode_length_delimited_to_vec();
-        let seq = report.seq;
+        let report = report.clone();
         blocking(move || {
             let stored = read_number(&seq_path)?.unwrap_or(0);
-            if seq <= stored {
+            let Some(report) = new_records(&report, stored) else {
                 return Ok(stored);
-            }
+            };
+            let seq = report.seq;
+            let bytes = report.encode_length_delimited_to_vec();
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -242,9 +250,91 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn scan_usage(
+        &self,
+        visit: &mut (dyn for<'e> FnMut(&'e str, UsageReport) + Send),
+    ) -> Result<(), StoreError> {
+        let dir = self.dir.join("usage");
+        let batches = blocking(move || {
+            let mut out = Vec::new();
+            let entries = fs::read_dir(&dir).map_err(|e| io("list", &dir, e))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "log") {
+                    continue;
+                }
+                let edge = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let bytes = fs::read(&path).map_err(|e| io("read", &path, e))?;
+                let mut buf = bytes.as_slice();
+                while !buf.is_empty() {
+                    match UsageReport::decode_length_delimited(&mut buf) {
+                        Ok(r) => out.push((edge.clone(), r)),
+                        Err(e) => {
+                            // A torn tail (crash mid-append): the batch was
+                            // never acknowledged, so the edge re-sends it.
+                            tracing::warn!(path = %path.display(), error = %e, "ignoring the undecodable end of a usage log");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        for (edge, r) in batches {
+            visit(&edge, r);
+        }
+        Ok(())
+    }
+
+    async fn update_allocation(
+        &self,
+        budget: &str,
+        window_start_unix_ms: i64,
+        update: &mut (dyn FnMut(Option<BudgetAllocation>) -> BudgetAllocation + Send),
+    ) -> Result<BudgetAllocation, StoreError> {
+        let name = format!(
+            "{}-{}.pb",
+            pad(window_start_unix_ms.max(0).unsigned_abs()),
+            budget_key(budget)
+        );
+        let mut all = self.budgets.lock().await;
+        let next = update(all.get(&name).cloned());
+        let path = self.dir.join("budgets").join(&name);
+        let bytes = next.encode_to_vec();
+        blocking(move || write_atomic(&path, &bytes)).await?;
+        all.insert(name, next.clone());
+        Ok(next)
+    }
+
+    async fn list_allocations(&self) -> Result<Vec<BudgetAllocation>, StoreError> {
+        Ok(self.budgets.lock().await.values().cloned().collect())
+    }
+
     fn describe(&self) -> String {
         format!("embedded store in {}", self.dir.display())
     }
+}
+
+/// Reads every budget allocation file (the directory is small: one file per
+/// budget window).
+fn load_budgets(dir: &Path) -> Result<HashMap<String, BudgetAllocation>, StoreError> {
+    let mut out = HashMap::new();
+    for entry in fs::read_dir(dir).map_err(|e| io("list", dir, e))?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".pb") || name.starts_with('.') {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(|e| io("read", &path, e))?;
+        let a = BudgetAllocation::decode(bytes.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        out.insert(name, a);
+    }
+    Ok(out)
 }
 
 /// `LOCK` file holding the owner's pid; refuses a directory whose owner is
@@ -373,5 +463,71 @@ mod tests {
         assert_eq!(s.record_usage(&r(1)).await.unwrap(), 2);
         let log = fs::read(dir.path().join("usage/e1.log")).unwrap();
         assert_eq!(log.len(), r(1).encode_length_delimited_to_vec().len() * 2);
+    }
+
+    #[tokio::test]
+    async fn numbered_records_are_stored_once_and_allocations_survive_reopen() {
+        use switchyard_proto::control::{BudgetAllocation, EdgeAllocation, UsageRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |seq| UsageRecord {
+            seq,
+            cost_usd: 1.0,
+            ..Default::default()
+        };
+        let batch = |seqs: &[u64]| UsageReport {
+            edge_id: "e1".into(),
+            seq: *seqs.iter().max().unwrap_or(&0),
+            records: seqs.iter().map(|s| rec(*s)).collect(),
+            ..Default::default()
+        };
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            assert_eq!(s.record_usage(&batch(&[1, 2, 3])).await.unwrap(), 3);
+            // Re-sent with more after a lost ack: only 4 and 5 are new.
+            assert_eq!(s.record_usage(&batch(&[2, 3, 4, 5])).await.unwrap(), 5);
+            assert_eq!(s.record_usage(&batch(&[4, 5])).await.unwrap(), 5);
+            // A grants-only report stores nothing.
+            assert_eq!(s.record_usage(&batch(&[])).await.unwrap(), 5);
+            let mut seen = Vec::new();
+            s.scan_usage(&mut |edge, r| {
+                seen.extend(r.records.iter().map(|x| (edge.to_string(), x.seq)))
+            })
+            .await
+            .unwrap();
+            let want: Vec<(String, u64)> = (1..=5).map(|n| ("e1".to_string(), n)).collect();
+            assert_eq!(seen, want);
+
+            let a = s
+                .update_allocation("tier:a:key:b:daily", 86_400_000, &mut |cur| {
+                    assert!(cur.is_none());
+                    BudgetAllocation {
+                        budget: "tier:a:key:b:daily".into(),
+                        edges: vec![EdgeAllocation {
+                            edge_id: "e1".into(),
+                            allowance_usd: 2.0,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(a.edges.len(), 1);
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let all = s.list_allocations().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].edges[0].allowance_usd, 2.0);
+        s.update_allocation("tier:a:key:b:daily", 86_400_000, &mut |cur| {
+            let mut a = cur.unwrap();
+            a.edges[0].allowance_usd += 1.0;
+            a
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.list_allocations().await.unwrap()[0].edges[0].allowance_usd,
+            3.0
+        );
     }
 }

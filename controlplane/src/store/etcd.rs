@@ -8,6 +8,7 @@
 //! | `<prefix>/config/current`             | decimal N of the newest version          |
 //! | `<prefix>/usage/seq/<edge>`           | decimal highest persisted usage seq      |
 //! | `<prefix>/usage/batches/<edge>/<S:020>` | protobuf `UsageReport`                 |
+//! | `<prefix>/budgets/<start:020>/<hex name>` | protobuf `BudgetAllocation`          |
 //!
 //! A commit is one transaction: `if mod_revision(current) == R and
 //! create_revision(versions/N+1) == 0 then put versions/N+1, put current=N+1`,
@@ -26,10 +27,15 @@ use etcd_client::{
     TxnOp, WatchOptions,
 };
 use prost::Message;
-use switchyard_proto::control::{StoredVersion, UsageReport};
+use switchyard_proto::control::{BudgetAllocation, StoredVersion, UsageReport};
 use tokio::sync::watch;
 
-use super::{pad, with_timeout, Head, Store, StoreError};
+use super::{budget_key, new_records, pad, with_timeout, Head, Store, StoreError};
+
+/// Keys per page when scanning a prefix.
+const PAGE: i64 = 500;
+/// Compare-and-swap attempts of one allocation update.
+const CAS_ATTEMPTS: usize = 10;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -275,9 +281,9 @@ impl Store for EtcdStore {
                 }
             })
             .await?;
-            if report.seq <= stored {
+            let Some(batch) = new_records(report, stored) else {
                 return Ok(stored);
-            }
+            };
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     seq_key.clone(),
@@ -285,7 +291,7 @@ impl Store for EtcdStore {
                     rev,
                 )])
                 .and_then([
-                    TxnOp::put(batch_key.clone(), report.encode_to_vec(), None),
+                    TxnOp::put(batch_key.clone(), batch.encode_to_vec(), None),
                     TxnOp::put(seq_key.clone(), report.seq.to_string(), None),
                 ]);
             let mut kv = self.client.kv_client();
@@ -302,8 +308,132 @@ impl Store for EtcdStore {
         ))
     }
 
+    async fn scan_usage(
+        &self,
+        visit: &mut (dyn for<'e> FnMut(&'e str, UsageReport) + Send),
+    ) -> Result<(), StoreError> {
+        let prefix = format!("{}/usage/batches/", self.prefix);
+        let plen = prefix.len();
+        self.scan(&prefix, &mut |key, value| {
+            let rest = key.get(plen..).unwrap_or_default();
+            let edge = rest.split('/').next().unwrap_or_default();
+            match UsageReport::decode(value) {
+                Ok(r) => visit(edge, r),
+                Err(e) => tracing::warn!(key, error = %e, "ignoring an undecodable usage batch"),
+            }
+        })
+        .await
+    }
+
+    async fn update_allocation(
+        &self,
+        budget: &str,
+        window_start_unix_ms: i64,
+        update: &mut (dyn FnMut(Option<BudgetAllocation>) -> BudgetAllocation + Send),
+    ) -> Result<BudgetAllocation, StoreError> {
+        let key = format!(
+            "{}/budgets/{}/{}",
+            self.prefix,
+            pad(window_start_unix_ms.max(0).unsigned_abs()),
+            budget_key(budget)
+        );
+        for _ in 0..CAS_ATTEMPTS {
+            let mut kv = self.client.kv_client();
+            let k = key.clone();
+            let (current, rev) = with_timeout(self.timeout, "etcd get budget", async move {
+                let resp = kv.get(k, None).await.map_err(unavailable)?;
+                match resp.kvs().first() {
+                    None => Ok((None, 0)),
+                    Some(kv) => Ok((
+                        Some(BudgetAllocation::decode(kv.value()).map_err(|e| {
+                            StoreError::Corrupt(format!("budget allocation {budget}: {e}"))
+                        })?),
+                        kv.mod_revision(),
+                    )),
+                }
+            })
+            .await?;
+            let next = update(current);
+            // A key that does not exist has mod revision 0.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key.clone(), next.encode_to_vec(), None)]);
+            let mut kv = self.client.kv_client();
+            let resp = with_timeout(self.timeout, "etcd put budget", async move {
+                kv.txn(txn).await.map_err(unavailable)
+            })
+            .await?;
+            if resp.succeeded() {
+                return Ok(next);
+            }
+            // Another replica won: back off a little (jittered) and retry.
+            let ms = rand::random_range(2..20u64);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "budget {budget}: allocation kept changing under concurrent writers"
+        )))
+    }
+
+    async fn list_allocations(&self) -> Result<Vec<BudgetAllocation>, StoreError> {
+        let mut out = Vec::new();
+        self.scan(&format!("{}/budgets/", self.prefix), &mut |key, value| {
+            match BudgetAllocation::decode(value) {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring an undecodable budget allocation")
+                }
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
     fn describe(&self) -> String {
         format!("etcd {} (prefix {})", self.endpoints.join(","), self.prefix)
+    }
+}
+
+impl EtcdStore {
+    /// Calls `f(key, value)` for every key under `prefix`, in key order, a
+    /// page at a time.
+    async fn scan(
+        &self,
+        prefix: &str,
+        f: &mut (dyn FnMut(&str, &[u8]) + Send),
+    ) -> Result<(), StoreError> {
+        // Prefix end: the prefix with its last byte incremented ('/' + 1).
+        let end = {
+            let mut e = prefix.as_bytes().to_vec();
+            if let Some(last) = e.last_mut() {
+                *last += 1;
+            }
+            e
+        };
+        let mut start = prefix.as_bytes().to_vec();
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_sort(SortTarget::Key, SortOrder::Ascend)
+                .with_limit(PAGE);
+            let mut kv = self.client.kv_client();
+            let from = start.clone();
+            let resp = with_timeout(self.timeout, "etcd scan", async move {
+                kv.get(from, Some(opts)).await.map_err(unavailable)
+            })
+            .await?;
+            let kvs = resp.kvs();
+            for kv in kvs {
+                f(&String::from_utf8_lossy(kv.key()), kv.value());
+            }
+            match kvs.last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use switchyard_proto::control::{StoredVersion, UsageReport};
+use switchyard_proto::control::{BudgetAllocation, StoredVersion, UsageReport};
 use tokio::sync::watch;
 
 /// Store failures, mapped onto gRPC codes by the service.
@@ -59,8 +59,31 @@ pub trait Store: Send + Sync + 'static {
     fn head(&self) -> Head;
 
     /// Persists a usage batch unless its seq is not above the edge's highest
-    /// persisted seq; returns the edge's highest persisted seq afterwards.
+    /// persisted seq (numbered records at or below it are left out, see
+    /// [`new_records`]); returns the edge's highest persisted seq afterwards.
+    /// A report without records is never stored (it only reads the seq).
     async fn record_usage(&self, report: &UsageReport) -> Result<u64, StoreError>;
+
+    /// Calls `visit(edge id, batch)` for every persisted usage batch.
+    async fn scan_usage(
+        &self,
+        visit: &mut (dyn for<'e> FnMut(&'e str, UsageReport) + Send),
+    ) -> Result<(), StoreError>;
+
+    /// Read-modify-write of one global budget window's allocation with
+    /// compare-and-swap: `update` gets the stored allocation (`None` if there
+    /// is none yet) and returns the next one; when another replica changed
+    /// it in between, `update` runs again on the new value (bounded).
+    /// Returns what was committed.
+    async fn update_allocation(
+        &self,
+        budget: &str,
+        window_start_unix_ms: i64,
+        update: &mut (dyn FnMut(Option<BudgetAllocation>) -> BudgetAllocation + Send),
+    ) -> Result<BudgetAllocation, StoreError>;
+
+    /// Every stored budget allocation.
+    async fn list_allocations(&self) -> Result<Vec<BudgetAllocation>, StoreError>;
 
     /// Human-readable description for logs.
     fn describe(&self) -> String;
@@ -127,6 +150,25 @@ pub async fn fetch_with_retry(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// The part of `report` to store given the edge's highest persisted seq:
+/// `None` for a duplicate batch (grants-only reports carry seq 0); otherwise the
+/// report without the numbered records at or below `stored` (re-sent after a
+/// lost ack or an edge restart), so every record is stored once.
+pub fn new_records(report: &UsageReport, stored: u64) -> Option<UsageReport> {
+    if report.seq <= stored {
+        return None;
+    }
+    let mut out = report.clone();
+    out.budgets.clear();
+    out.records.retain(|r| r.seq == 0 || r.seq > stored);
+    Some(out)
+}
+
+/// Name of a budget as a file name / etcd key segment (hex of its bytes).
+pub fn budget_key(budget: &str) -> String {
+    hex::encode(budget.as_bytes())
 }
 
 /// Zero-padded decimal so lexical order is numeric order (20 digits fit u64).

@@ -9,7 +9,9 @@
 //! - [`client::ControlClient`]: the `Watch`/`Ack` loop with reconnect
 //!   backoff;
 //! - [`snapshot::SnapshotStore`]: the snapshot file (atomic writes);
-//! - [`backoff::Backoff`]: jittered exponential backoff.
+//! - [`backoff::Backoff`]: jittered exponential backoff;
+//! - [`usage`]: the usage reporter (`ReportUsage`: spooled usage records,
+//!   global budget states and grants).
 //!
 //! Static stability: nothing here can stop the edge. While the control
 //! plane (or its store) is down the edge keeps serving the version it has,
@@ -19,6 +21,7 @@ pub mod backoff;
 pub mod client;
 pub mod snapshot;
 pub mod state;
+pub mod usage;
 
 pub use client::ControlClient;
 pub use snapshot::{Snapshot, SnapshotStore};

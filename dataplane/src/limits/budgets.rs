@@ -52,6 +52,22 @@ impl Window {
     }
 }
 
+impl Window {
+    /// Start of the window containing `now` (UTC), in ms since the epoch.
+    pub fn start_unix_ms(self, now: SystemTime) -> i64 {
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let day = (secs / 86_400) as i64;
+        let start_day = match self {
+            Self::Day => day,
+            Self::Month => {
+                let (y, m, _) = civil_from_days(day);
+                days_from_civil(y, m, 1)
+            }
+        };
+        start_day * 86_400_000
+    }
+}
+
 /// Days since 1970-01-01 → (year, month, day). (Howard Hinnant's algorithm.)
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -100,11 +116,16 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exceeded {
     pub budget: String,
+    /// The limit that was checked: the hard limit, or this edge's share of a
+    /// global budget.
     pub limit: f64,
+    /// Spent on this edge in the window.
     pub spent: f64,
     /// Until the window resets.
     pub reset_in: Duration,
     pub downgrade_to: Option<String>,
+    /// For a global budget (shared by every edge): its hard limit.
+    pub global_limit: Option<f64>,
 }
 
 /// Spend reserved against one budget window.
@@ -113,6 +134,13 @@ pub struct Reservation {
     rule: Arc<BudgetRule>,
     window: u64,
     amount: f64,
+}
+
+impl Reservation {
+    /// Whether it counts against a hard limit.
+    pub fn is_hard(&self) -> bool {
+        self.rule.hard_usd.is_some()
+    }
 }
 
 /// A soft limit crossed by a settled call (alert once per window).
@@ -157,6 +185,7 @@ impl Ledger {
                 spent: e.spent,
                 reset_in,
                 downgrade_to: rule.downgrade_to.clone(),
+                global_limit: None,
             });
         }
         e.reserved += amount;
@@ -186,6 +215,17 @@ impl Ledger {
             }
             _ => None,
         }
+    }
+
+    /// Spend plus reservations of window `window` (an id from
+    /// [`Window::current`]) of budget `name`.
+    pub fn committed(&self, name: &str, window: u64) -> f64 {
+        self.entries
+            .get(&(name.to_string(), window))
+            .map_or(0.0, |e| {
+                let e = e.lock();
+                e.spent + e.reserved
+            })
     }
 
     /// Spend recorded in the current window.
@@ -226,6 +266,9 @@ mod tests {
         assert_eq!(m, 2026 * 12 + 11);
         // Until 2026-12-01T00:00:00Z: 7 days 14 hours.
         assert_eq!(left, Duration::from_secs(7 * 86_400 + 14 * 3600));
+        assert_eq!(Window::Day.start_unix_ms(t), 1_795_392_000_000);
+        // 2026-11-01T00:00:00Z
+        assert_eq!(Window::Month.start_unix_ms(t), 1_793_491_200_000);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
     }

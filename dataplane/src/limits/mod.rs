@@ -5,7 +5,9 @@
 //! - [`buckets`]: requests/min (governor), tokens/min (reserve + reconcile)
 //!   and concurrency per key;
 //! - [`budgets`]: spend per feature / team / key per day or month, with
-//!   soft alerts and hard limits held by worst-case reservations.
+//!   soft alerts and hard limits held by worst-case reservations;
+//! - [`grants`]: with a control plane, this edge's shares of the global
+//!   budgets (allowances granted by the control plane).
 //!
 //! The request path calls [`Limits::admit`] after resolving the route and
 //! [`Limits::settle`] with the real usage once the call ends, however it
@@ -13,14 +15,16 @@
 
 pub mod buckets;
 pub mod budgets;
+pub mod grants;
 pub mod keys;
 
 use crate::error::{ApiError, ErrorKind};
 use buckets::{Concurrency, ConcurrencySlot, RateState, RequestLimiter, TokenBuckets};
 use budgets::{BudgetRule, Exceeded, Ledger, Reservation, Scope, SoftAlert, Window};
+use grants::{GrantTable, GrantWait, Refusal};
 use http::HeaderName;
 use keys::{KeyInfo, KeyTable};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use switchyard_proto::config as proto;
@@ -40,6 +44,30 @@ pub struct LimitsConfig {
     pub keys: KeyTable,
     pub tiers: HashMap<String, TierLimits>,
     pub budgets: Vec<Arc<BudgetRule>>,
+    /// Teams and features the config names (keys, budgets): the only values
+    /// used as metric labels (anything else is `other`).
+    pub known_teams: HashSet<String>,
+    pub known_features: HashSet<String>,
+}
+
+impl LimitsConfig {
+    /// `team` as a metric label: `none`, a team the config names, or `other`.
+    pub fn team_label<'a>(&'a self, team: Option<&'a str>) -> &'a str {
+        label(&self.known_teams, team)
+    }
+
+    /// `feature` as a metric label (like [`LimitsConfig::team_label`]).
+    pub fn feature_label<'a>(&'a self, feature: Option<&'a str>) -> &'a str {
+        label(&self.known_features, feature)
+    }
+}
+
+fn label<'a>(known: &HashSet<String>, v: Option<&'a str>) -> &'a str {
+    match v {
+        None | Some("") => "none",
+        Some(v) if known.contains(v) => v,
+        Some(_) => "other",
+    }
 }
 
 fn positive<T: PartialOrd + Default + Copy>(v: T) -> Option<T> {
@@ -89,10 +117,31 @@ impl LimitsConfig {
                 })
             })
             .collect();
+        let mut known_teams: HashSet<String> = doc
+            .keys
+            .iter()
+            .filter(|k| !k.team.is_empty())
+            .map(|k| k.team.clone())
+            .collect();
+        let mut known_features: HashSet<String> = doc
+            .keys
+            .iter()
+            .filter(|k| !k.default_feature.is_empty())
+            .map(|k| k.default_feature.clone())
+            .collect();
+        for b in &doc.budgets {
+            match b.scope.as_str() {
+                "team" => known_teams.insert(b.r#match.clone()),
+                "feature" => known_features.insert(b.r#match.clone()),
+                _ => false,
+            };
+        }
         Self {
             keys: KeyTable::compile(doc),
             tiers,
             budgets,
+            known_teams,
+            known_features,
         }
     }
 }
@@ -135,6 +184,14 @@ pub struct Admission {
     pub headers: Vec<(HeaderName, String)>,
 }
 
+impl Admission {
+    /// Whether the call counts against a hard budget (its output must then
+    /// stay within what was reserved: see `docs/budgets.md`).
+    pub fn hard_budget(&self) -> bool {
+        self.budgets.iter().any(Reservation::is_hard)
+    }
+}
+
 /// Formats a reset duration like OpenAI does (`1s`, `6m0s`, `250ms`).
 pub fn format_reset(d: Duration) -> String {
     let ms = d.as_millis();
@@ -171,6 +228,9 @@ pub struct Limits {
     tokens: TokenBuckets,
     concurrency: Concurrency,
     pub ledger: Ledger,
+    /// With a control plane: this edge's shares of global budgets. `None`
+    /// (standalone): every hard limit is held on this edge alone.
+    pub grants: Option<Arc<GrantTable>>,
 }
 
 fn too_many(
@@ -198,12 +258,43 @@ pub enum Rejection {
     Limited(ApiError, Vec<(HeaderName, String)>),
     /// A budget's hard limit is reached and it downgrades to this route.
     Downgrade(Exceeded),
+    /// This edge's share of a global budget is used up and more was asked
+    /// for: wait (bounded) and call [`Limits::admit_with`] again.
+    AwaitGrant(GrantWait),
 }
 
 impl Limits {
+    /// Limits whose hard budgets are shares granted by a control plane.
+    pub fn with_grants(grants: Arc<GrantTable>) -> Self {
+        Self {
+            grants: Some(grants),
+            ..Self::default()
+        }
+    }
+
+    /// The answer to an exceeded hard budget: a downgrade if the budget has
+    /// one and it is allowed, else 429 `budget_exceeded`.
+    pub fn budget_rejection(&self, e: Exceeded, allow_downgrade: bool) -> Rejection {
+        if allow_downgrade && e.downgrade_to.is_some() {
+            return Rejection::Downgrade(e);
+        }
+        let message = match e.global_limit {
+            Some(global) => format!(
+                "budget `{}` exceeded: its global limit of ${global:.4} across all edges is used up (this edge's share ${:.4}, ${:.4} spent here this window)",
+                e.budget, e.limit, e.spent
+            ),
+            None => format!(
+                "budget `{}` exceeded: ${:.4} of ${:.4} spent this window",
+                e.budget, e.spent, e.limit
+            ),
+        };
+        let (err, h) = too_many(message, e.reset_in, "budget_exceeded", &[]);
+        crate::telemetry::metrics::budget_exceeded(&e.budget);
+        Rejection::Limited(err, h)
+    }
+
     /// Admits a call of `caller` on a route with effective `tier`, or says
-    /// why not. Checks run cheapest-to-undo first: concurrency, budgets,
-    /// tokens, then requests (which cannot be refunded).
+    /// why not (never [`Rejection::AwaitGrant`]).
     pub fn admit(
         &self,
         cfg: &LimitsConfig,
@@ -211,6 +302,22 @@ impl Limits {
         tier: Option<&str>,
         est: Estimate,
         allow_downgrade: bool,
+    ) -> Result<Admission, Rejection> {
+        self.admit_with(cfg, caller, tier, est, allow_downgrade, false)
+    }
+
+    /// [`Limits::admit`]; with `may_wait`, a global budget whose share on
+    /// this edge is used up answers [`Rejection::AwaitGrant`] while more is
+    /// on its way. Checks run cheapest-to-undo first: concurrency, budgets,
+    /// tokens, then requests (which cannot be refunded).
+    pub fn admit_with(
+        &self,
+        cfg: &LimitsConfig,
+        caller: &Caller,
+        tier: Option<&str>,
+        est: Estimate,
+        allow_downgrade: bool,
+        may_wait: bool,
     ) -> Result<Admission, Rejection> {
         let mut adm = Admission::default();
         let tier_limits = tier.and_then(|t| cfg.tiers.get(t));
@@ -252,25 +359,28 @@ impl Limits {
             .filter(|r| caller.matches(r))
             .chain(tier_daily.iter())
         {
-            let limit = rule.hard_usd.unwrap_or(f64::INFINITY);
-            match self.ledger.reserve(rule, limit, est.cost_usd, now) {
+            let reserved = match &self.grants {
+                Some(g) => g.reserve(&self.ledger, rule, est.cost_usd, now),
+                None => self
+                    .ledger
+                    .reserve(
+                        rule,
+                        rule.hard_usd.unwrap_or(f64::INFINITY),
+                        est.cost_usd,
+                        now,
+                    )
+                    .map_err(Refusal::Exceeded),
+            };
+            match reserved {
                 Ok(r) => adm.budgets.push(r),
-                Err(e) => {
+                Err(refusal) => {
                     self.release_budgets(&mut adm);
-                    if allow_downgrade && e.downgrade_to.is_some() {
-                        return Err(Rejection::Downgrade(e));
-                    }
-                    let (err, h) = too_many(
-                        format!(
-                            "budget `{}` exceeded: ${:.4} of ${:.4} spent this window",
-                            e.budget, e.spent, e.limit
-                        ),
-                        e.reset_in,
-                        "budget_exceeded",
-                        &[],
-                    );
-                    crate::telemetry::metrics::budget_exceeded(&e.budget);
-                    return Err(Rejection::Limited(err, h));
+                    return Err(match refusal {
+                        Refusal::Wait(_, w) if may_wait => Rejection::AwaitGrant(w),
+                        Refusal::Wait(e, _) | Refusal::Exceeded(e) => {
+                            self.budget_rejection(e, allow_downgrade)
+                        }
+                    });
                 }
             }
         }

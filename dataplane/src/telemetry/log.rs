@@ -79,40 +79,66 @@ pub struct CallLog {
 /// Where call log lines go.
 #[derive(Clone)]
 pub struct CallLogger {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Msg>,
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Flush the sink, then acknowledge (used before a fast exit).
+    Flush(mpsc::SyncSender<()>),
 }
 
 impl CallLogger {
     /// Starts the writer thread over `sink` (stdout or a file).
     pub fn spawn(mut sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         std::thread::Builder::new()
             .name("switchyard-call-log".into())
             .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let _ = sink.write_all(&line);
+                while let Ok(msg) = rx.recv() {
+                    let mut acks = Vec::new();
+                    let mut handle = |msg: Msg| match msg {
+                        Msg::Line(line) => {
+                            let _ = sink.write_all(&line);
+                        }
+                        Msg::Flush(ack) => acks.push(ack),
+                    };
+                    handle(msg);
                     // Batch whatever is queued, then flush once.
                     while let Ok(more) = rx.try_recv() {
-                        let _ = sink.write_all(&more);
+                        handle(more);
                     }
                     let _ = sink.flush();
+                    for ack in acks {
+                        let _ = ack.send(());
+                    }
                 }
             })?;
         Ok(Self { tx })
+    }
+
+    /// Waits (at most `timeout`) until every line emitted so far is written
+    /// and the sink flushed. Returns false on timeout.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
     }
 
     /// Emits a non-call event line (e.g. a budget alert).
     pub fn emit_event(&self, event: &serde_json::Value) {
         if let Ok(mut line) = serde_json::to_vec(event) {
             line.push(b'\n');
-            let _ = self.tx.send(line);
+            let _ = self.tx.send(Msg::Line(line));
         }
     }
 
     pub fn emit(&self, log: &CallLog) {
         if let Ok(mut line) = serde_json::to_vec(log) {
             line.push(b'\n');
-            let _ = self.tx.send(line);
+            let _ = self.tx.send(Msg::Line(line));
         }
     }
 }

@@ -25,6 +25,16 @@ pub const BUDGET_DOWNGRADES: &str = "switchyard_budget_downgrades_total";
 pub const CONFIG_AGE: &str = "switchyard_config_age_seconds";
 pub const CONTROL_PLANE_CONNECTED: &str = "switchyard_control_plane_connected";
 pub const CONFIG_APPLIES: &str = "switchyard_config_applies_total";
+pub const COST_BY_TEAM: &str = "switchyard_cost_by_team_usd_total";
+pub const COST_BY_FEATURE: &str = "switchyard_cost_by_feature_usd_total";
+pub const BUDGET_ALLOWANCE: &str = "switchyard_budget_allowance_usd";
+pub const BUDGET_COMMITTED: &str = "switchyard_budget_committed_usd";
+pub const BUDGET_LEASE_LIVE: &str = "switchyard_budget_lease_live";
+pub const BUDGET_GRANT_WAITS: &str = "switchyard_budget_grant_waits_total";
+pub const USAGE_PENDING: &str = "switchyard_usage_pending_records";
+pub const USAGE_ACKED_SEQ: &str = "switchyard_usage_acked_seq";
+pub const USAGE_REPORTS: &str = "switchyard_usage_reports_total";
+pub const USAGE_CONNECTED: &str = "switchyard_usage_stream_connected";
 
 /// Installs the global Prometheus recorder and returns its handle. Call
 /// `handle.run_upkeep()` periodically (the edge does every 5 s).
@@ -103,6 +113,46 @@ fn describe() {
     describe_counter!(
         CONFIG_APPLIES,
         "Config versions from the control plane by result (accepted, rejected)."
+    );
+    describe_gauge!(
+        COST_BY_TEAM,
+        "USD by team (monotonic); teams not named in the config's keys or budgets are `other`, none is `none`."
+    );
+    describe_gauge!(
+        COST_BY_FEATURE,
+        "USD by feature (monotonic); features not named in the config's keys or budgets are `other`, none is `none`."
+    );
+    describe_gauge!(
+        BUDGET_ALLOWANCE,
+        "This edge's granted share of a global budget's current window (USD, absolute)."
+    );
+    describe_gauge!(
+        BUDGET_COMMITTED,
+        "Spend plus worst-case reservations of this edge in a global budget's current window (USD)."
+    );
+    describe_gauge!(
+        BUDGET_LEASE_LIVE,
+        "1 while this edge's lease on a global budget share is live, else 0."
+    );
+    describe_counter!(
+        BUDGET_GRANT_WAITS,
+        "Calls that waited for a global budget grant."
+    );
+    describe_gauge!(
+        USAGE_PENDING,
+        "Usage records not yet acknowledged by the control plane (spooled or queued)."
+    );
+    describe_gauge!(
+        USAGE_ACKED_SEQ,
+        "Highest usage record seq the control plane acknowledged."
+    );
+    describe_counter!(
+        USAGE_REPORTS,
+        "Usage reports sent to the control plane, by result (acked, failed)."
+    );
+    describe_gauge!(
+        USAGE_CONNECTED,
+        "1 while the usage stream to the control plane is open, else 0."
     );
 }
 
@@ -227,4 +277,46 @@ pub fn target_state(target: &str, state: &str) {
         _ => 3.0,
     };
     gauge!(TARGET_STATE, "target" => target.to_string()).set(v);
+}
+
+/// Cost attributed to a team and a feature (labels already bounded by
+/// `LimitsConfig::team_label` / `feature_label`).
+pub fn attributed_cost(team: &str, feature: &str, cost_usd: f64) {
+    gauge!(COST_BY_TEAM, "team" => team.to_string()).increment(cost_usd);
+    gauge!(COST_BY_FEATURE, "feature" => feature.to_string()).increment(cost_usd);
+}
+
+/// This edge's share of a global budget's current window.
+pub fn budget_share(budget: &str, allowance: f64, committed: f64, lease_live: bool) {
+    gauge!(BUDGET_ALLOWANCE, "budget" => budget.to_string()).set(allowance);
+    gauge!(BUDGET_COMMITTED, "budget" => budget.to_string()).set(committed);
+    gauge!(BUDGET_LEASE_LIVE, "budget" => budget.to_string()).set(if lease_live {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub fn budget_grant_wait() {
+    counter!(BUDGET_GRANT_WAITS).increment(1);
+}
+
+/// The usage spool and stream.
+pub fn usage_spool(pending: u64, acked_seq: u64) {
+    gauge!(USAGE_PENDING).set(pending as f64);
+    gauge!(USAGE_ACKED_SEQ).set(acked_seq as f64);
+}
+
+/// `result` is `acked` or `failed`.
+pub fn usage_report(result: &'static str) {
+    counter!(USAGE_REPORTS, "result" => result).increment(1);
+}
+
+/// Registers a `usage_reports_total` series at zero.
+pub fn usage_report_init(result: &'static str) {
+    counter!(USAGE_REPORTS, "result" => result).increment(0);
+}
+
+pub fn usage_connected(up: bool) {
+    gauge!(USAGE_CONNECTED).set(if up { 1.0 } else { 0.0 });
 }

@@ -1,5 +1,9 @@
 //! Usage and cost accounting: tokens from the provider's usage, priced with
-//! the config's price table (USD per one million tokens).
+//! the config's price table (USD per one million tokens). With a control
+//! plane, every finished call's record also goes to the [`spool`] and from
+//! there to the control plane.
+
+pub mod spool;
 
 use crate::config::Price;
 use crate::formats::Usage;
@@ -13,6 +17,12 @@ pub fn cost_usd(price: &Price, usage: &Usage) -> f64 {
         + cached as f64 * price.cached_input_per_mtok
         + usage.output_tokens as f64 * price.output_per_mtok)
         / 1_000_000.0
+}
+
+/// Where finished calls' usage records go (the control-plane reporter's
+/// spool when the edge has a control plane).
+pub trait UsageSink: Send + Sync {
+    fn record(&self, rec: switchyard_proto::control::UsageRecord);
 }
 
 #[cfg(test)]
