@@ -1,6 +1,13 @@
 //! Switchyard's load-test harness and mock LLM provider.
 //!
-//! The main piece today is [`mock`]: a fast mock of the OpenAI Chat
+//! The load generator (`switchyard-loadtest run SCENARIO.yaml`) is built
+//! from [`scenario`] (the YAML format), [`schedule`] (phases -> intended
+//! send times), [`runner`] (open-loop pacing, fault events), [`client`] and
+//! [`sse`] (one request, TTFT and inter-token timing) and [`report`]
+//! (percentiles, overhead, failover, SLOs; terminal, JSON and HTML).
+//! [`ceiling`] measures the generator's own limit. See `docs/loadtest.md`.
+//!
+//! The other piece is [`mock`]: a fast mock of the OpenAI Chat
 //! Completions and Anthropic Messages HTTP APIs (streaming and not, tool
 //! calls, exact token usage) with run-time and per-request fault injection
 //! (error statuses with `Retry-After`, refused connections, hangs, stalled
@@ -27,5 +34,15 @@
 //!   HTTP under `/_mock/*` (see [`cli::MockArgs`] and
 //!   `docs/mock-provider.md`).
 
+pub mod ceiling;
 pub mod cli;
+pub mod client;
 pub mod mock;
+pub mod procwatch;
+pub mod record;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod schedule;
+pub mod sse;
+pub mod timer;

@@ -1,7 +1,9 @@
 //! `switchyard-loadtest`: CLI entry point (argument parsing and dispatch only).
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
-use switchyard_loadtest::cli::{self, MockArgs};
+use switchyard_loadtest::cli::{self, CeilingArgs, MockArgs, RunArgs};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,14 +20,43 @@ struct Cli {
 enum Command {
     /// Run the mock OpenAI/Anthropic provider (with fault injection).
     Mock(MockArgs),
+    /// Run a load-test scenario (exit code 1 if an SLO fails, 2 on errors).
+    Run(RunArgs),
+    /// Measure the load generator's own ceiling against the mock.
+    Ceiling(CeilingArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    match cli.command {
-        Command::Mock(args) => rt.block_on(cli::run_mock(args)),
+    let threads = match &cli.command {
+        Command::Run(a) => a.threads,
+        Command::Ceiling(a) => a.threads,
+        Command::Mock(_) => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(t) = threads {
+        builder.worker_threads(t.max(1));
+    }
+    let rt = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(cli::EXIT_ERROR);
+        }
+    };
+    let result = match cli.command {
+        Command::Mock(args) => rt.block_on(cli::run_mock(args)).map(|()| cli::EXIT_OK),
+        Command::Run(args) => rt.block_on(cli::run_run(args)),
+        Command::Ceiling(args) => rt.block_on(cli::run_ceiling(args)),
+    };
+    // Do not wait for stray tasks (e.g. pooled connections) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::EXIT_ERROR)
+        }
     }
 }
