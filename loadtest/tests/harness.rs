@@ -68,60 +68,76 @@ fn measured(data: &RunData, target: usize) -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_latency_counts_from_the_intended_send_time() {
-    // The server answers nothing for the first ~700 ms of the run. A
+    // The server answers nothing until `release`, then everything at once. A
     // closed-loop client would send one request and measure one slow
     // response; the open-loop generator keeps sending on schedule and every
     // request caught by the stall is charged the time it waited.
-    let release = Instant::now() + Duration::from_millis(700);
+    let release = Instant::now() + Duration::from_millis(1000);
     let addr = stalling_server(release).await;
     let data = run(&format!(
         r#"
 targets: [{{name: direct, url: "http://{addr}"}}]
-phases: [{{duration: 1s, rate: 100}}]
+phases: [{{duration: 1500ms, rate: 100}}]
 mix: [{{model: m}}]
 "#
     ))
     .await;
     let recs = measured(&data, 0);
-    assert_eq!(recs.len(), 100, "every scheduled request is accounted for");
+    assert_eq!(recs.len(), 150, "every scheduled request is accounted for");
     assert!(recs.iter().all(Record::ok), "all succeed eventually");
-    let by_intent = |from: f64, to: f64| {
-        recs.iter()
-            .filter(move |r| (from..to).contains(&(r.intended_ns as f64 / 1e9)))
-    };
-    // Sent on time even though nothing had been answered yet.
-    for r in by_intent(0.0, 0.6) {
+    const MS: u64 = 1_000_000;
+    // The release in run time: the first request's completion.
+    let r0 = recs[0].done_ns();
+    assert!(
+        r0 >= 300 * MS,
+        "the stall covers the start of the run ({} ms)",
+        r0 / MS
+    );
+    let stalled: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.intended_ns + 20 * MS < r0)
+        .collect();
+    assert!(stalled.len() >= 25, "{} stalled requests", stalled.len());
+    for r in &stalled {
+        // Sent on time even though nothing had been answered yet...
         assert!(
-            r.send_lag_ns < 100_000_000,
-            "request at {} ns started {} ns late",
-            r.intended_ns,
-            r.send_lag_ns
+            r.send_lag_ns < 250 * MS,
+            "request at {} ms started {} ms late",
+            r.intended_ns / MS,
+            r.send_lag_ns / MS
+        );
+        // ...and charged from its intended send time to the release: the
+        // earlier it was due, the longer its latency.
+        let expect = r0 - r.intended_ns;
+        assert!(
+            r.latency_ns + 60 * MS >= expect,
+            "request at {} ms: latency {} ms, expected about {} ms",
+            r.intended_ns / MS,
+            r.latency_ns / MS,
+            expect / MS
         );
     }
-    // The first request waited for the whole stall.
-    let first = recs[0];
-    assert!(first.latency_ns >= 600_000_000, "{first:?}");
-    // Latency shrinks linearly with the intended time during the stall:
-    // latency + intended ~ the release time for everything sent before it.
-    for r in by_intent(0.0, 0.6) {
-        let done = r.intended_ns + r.latency_ns;
-        assert!(
-            done >= 600_000_000,
-            "request at {} ms finished at {} ms, before the release",
-            r.intended_ns / 1_000_000,
-            done / 1_000_000
-        );
-    }
-    let slow = recs.iter().filter(|r| r.latency_ns >= 300_000_000).count();
-    assert!((25..=45).contains(&slow), "{slow} requests >= 300 ms");
-    // After the stall, latency is small again.
-    for r in by_intent(0.85, 1.0) {
-        assert!(r.latency_ns < 100_000_000, "{r:?}");
+    // Latencies fall off linearly with the intended time during the stall.
+    let first = stalled[0].latency_ns;
+    let last = stalled[stalled.len() - 1].latency_ns;
+    let span = stalled[stalled.len() - 1].intended_ns - stalled[0].intended_ns;
+    assert!(
+        first >= last + span - 60 * MS,
+        "first {} ms, last {} ms, span {} ms",
+        first / MS,
+        last / MS,
+        span / MS
+    );
+    // Well after the stall, latency is small again.
+    for r in recs.iter().filter(|r| r.intended_ns > r0 + 200 * MS) {
+        assert!(r.latency_ns < 150 * MS, "{r:?}");
     }
     let rep = Report::build(&data);
     let l = rep.targets[0].latency.unwrap();
-    assert!(l.p99_ms >= 550.0, "p99 reflects the stall: {l:?}");
-    assert!(l.p50_ms >= 50.0, "the median too: {l:?}");
+    assert!(
+        l.p99_ms >= (r0 / MS) as f64 * 0.8,
+        "p99 reflects the stall: {l:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,9 +199,9 @@ mix:
     let t = &rep.targets[0];
     assert_eq!(t.ok, 20, "{:?}", t.errors_by_type);
     let ttft = t.ttft.unwrap();
-    assert!(ttft.p50_ms >= 50.0 && ttft.p50_ms < 90.0, "{ttft:?}");
+    assert!(ttft.p50_ms >= 50.0 && ttft.p50_ms < 250.0, "{ttft:?}");
     let itl = t.itl.unwrap();
-    assert!(itl.p50_ms >= 7.0 && itl.p50_ms < 16.0, "{itl:?}");
+    assert!(itl.p50_ms >= 5.0 && itl.p50_ms < 40.0, "{itl:?}");
     // 10 tokens per stream at 100/s: ~90 ms after the first token.
     let lat = t.latency.unwrap();
     assert!(lat.min_ms >= 50.0, "{lat:?}");
@@ -219,28 +235,53 @@ faults:
     ))
     .await;
     assert_eq!(data.faults.len(), 4);
+    const MS: u64 = 1_000_000;
     for (f, planned_ms) in data.faults.iter().zip([400u64, 800, 1200, 1600]) {
         assert!(f.ok, "{f:?}");
-        let issued_ms = f.issued_ns / 1_000_000;
+        let issued_ms = f.issued_ns / MS;
         assert!(
-            issued_ms >= planned_ms && issued_ms < planned_ms + 60,
+            issued_ms >= planned_ms && issued_ms < planned_ms + 100,
             "event planned at {planned_ms} ms issued at {issued_ms} ms"
         );
         assert!(f.acked_ns >= f.issued_ns);
     }
+    // Every request sent while a fault was surely active (after the
+    // control call was answered, before the next one was sent) saw it; every
+    // request that finished before a fault was set, or was sent after it was
+    // cleared, did not.
+    let (set503, clear1, kill, clear2) = (
+        &data.faults[0],
+        &data.faults[1],
+        &data.faults[2],
+        &data.faults[3],
+    );
     let labels = &data.labels;
     let recs = measured(&data, 0);
     let label = |r: &Record| labels[r.outcome as usize].clone();
+    // "Sent" = when the request actually went out (intended + send lag).
+    let sent_within = |r: &Record, a: u64, b: u64| {
+        let sent = r.intended_ns + r.send_lag_ns;
+        sent > a + 5 * MS && sent + 5 * MS < b
+    };
+    let mut seen = [0usize; 3];
     for r in &recs {
-        let t = r.intended_ns / 1_000_000;
+        let t = r.intended_ns / MS;
         let l = label(r);
-        match t {
-            0..=380 | 830..=1180 | 1650.. => assert_eq!(l, "ok", "at {t} ms"),
-            420..=780 => assert_eq!(l, "http_503:server_error", "at {t} ms"),
-            1230..=1570 => assert_eq!(l, "connect", "at {t} ms (mock killed)"),
-            _ => {} // within the event's own timing jitter
+        if r.done_ns() + 5 * MS < set503.issued_ns
+            || sent_within(r, clear1.acked_ns, kill.issued_ns)
+            || r.intended_ns + r.send_lag_ns > clear2.acked_ns + 50 * MS
+        {
+            assert_eq!(l, "ok", "at {t} ms");
+            seen[0] += 1;
+        } else if sent_within(r, set503.acked_ns, clear1.issued_ns) {
+            assert_eq!(l, "http_503:server_error", "at {t} ms");
+            seen[1] += 1;
+        } else if sent_within(r, kill.acked_ns, clear2.issued_ns) {
+            assert_eq!(l, "connect", "at {t} ms (mock killed)");
+            seen[2] += 1;
         }
     }
+    assert!(seen.iter().all(|&n| n >= 20), "{seen:?}");
     let rep = Report::build(&data);
     assert_eq!(rep.faults.len(), 4);
     let f0 = &rep.faults[0].failover[0];
@@ -257,7 +298,6 @@ async fn parallel_targets_share_the_schedule_and_sequential_runs_one_by_one() {
     let a = mock(0, 0.0, 4).await;
     let b = mock(20, 0.0, 4).await;
     for mode in ["parallel", "sequential"] {
-        let started = Instant::now();
         let data = run(&format!(
             r#"
 mode: {mode}
@@ -271,14 +311,13 @@ mix: [{{model: m}}]
             a.url()
         ))
         .await;
-        let took = started.elapsed();
         let rep = Report::build(&data);
         assert_eq!(rep.targets[0].ok, 20);
         assert_eq!(rep.targets[1].ok, 20);
         let o = &rep.overhead[0];
         assert_eq!(o.target, "slow");
         assert!(o.latency_p50_ms.unwrap() >= 18.0, "{o:?}");
-        let i0: Vec<u64> = data.targets[0]
+        let mut i0: Vec<u64> = data.targets[0]
             .records
             .iter()
             .map(|r| r.intended_ns)
@@ -288,14 +327,20 @@ mix: [{{model: m}}]
             .iter()
             .map(|r| r.intended_ns)
             .collect();
-        let mut i0s = i0.clone();
-        i0s.sort_unstable();
+        i0.sort_unstable();
         i1.sort_unstable();
-        assert_eq!(i0s, i1, "same intended times for both targets");
+        assert_eq!(i0, i1, "same intended times for both targets");
+        let (w0, w1) = (data.targets[0].wall, data.targets[1].wall);
         if mode == "sequential" {
-            assert!(took >= Duration::from_millis(1000), "{mode}: {took:?}");
+            // Two separate runs, one after the other.
+            assert!(
+                data.wall >= w0 + w1,
+                "{mode}: {:?} vs {w0:?} + {w1:?}",
+                data.wall
+            );
         } else {
-            assert!(took < Duration::from_millis(1000), "{mode}: {took:?}");
+            assert_eq!(w0, w1, "{mode}: one run for both");
+            assert!(data.wall < w0 + w1, "{mode}: {:?}", data.wall);
         }
     }
     a.shutdown().await;

@@ -224,7 +224,7 @@ fn failover_time_definition() {
         recs.push(r);
     }
     let w = |since: u64, at: u64, until: u64| EventWindow { since, at, until };
-    let f = failover(&recs, "edge", w(0, fault, end));
+    let f = failover(&recs, "edge", w(0, fault, end), &[]);
     assert_eq!(f.errors, 11);
     assert!(f.recovered);
     // Last error: sent at 6.0 s, completed at 6.01 s.
@@ -234,12 +234,12 @@ fn failover_time_definition() {
     assert!((f.recovery_s.unwrap() - 1.11).abs() < 1e-9, "{f:?}");
 
     // Errors until the window ends: not recovered.
-    let f = failover(&recs, "edge", w(0, fault, 6 * S + 50 * MS));
+    let f = failover(&recs, "edge", w(0, fault, 6 * S + 50 * MS), &[]);
     assert!(!f.recovered);
     assert_eq!(f.failover_time_s, None);
 
     // No errors in the window: 0.
-    let f = failover(&recs, "edge", w(fault, 10 * S, end));
+    let f = failover(&recs, "edge", w(fault, 10 * S, end), &[]);
     assert_eq!(f.errors, 0);
     assert_eq!(f.failover_time_s, Some(0.0));
 
@@ -249,7 +249,7 @@ fn failover_time_definition() {
         failed(5 * S, 100 * MS, record::CONNECT), // done 5.1
         ok(4 * S, 2 * S),                         // sent 4.0, done 6.0
     ];
-    let f = failover(&recs, "edge", w(0, fault, end));
+    let f = failover(&recs, "edge", w(0, fault, end), &[]);
     assert!(!f.recovered, "{f:?}");
 
     // Requests in flight when the fault hits count (sent since the previous
@@ -261,19 +261,23 @@ fn failover_time_definition() {
         failed(5200 * MS, 20 * S, record::TIMEOUT),         // sent in window, fails after it
         ok(5500 * MS, 10 * MS),
     ];
-    let f = failover(&recs, "edge", w(2 * S, fault, 10 * S));
+    let f = failover(&recs, "edge", w(2 * S, fault, 10 * S), &[]);
     assert_eq!(f.errors, 2, "{f:?}");
     assert!(
         !f.recovered,
         "the last error (25.2 s) is after the window: {f:?}"
     );
-    let f = failover(&recs[..1], "edge", w(2 * S, fault, 10 * S));
+    let f = failover(&recs[..1], "edge", w(2 * S, fault, 10 * S), &[]);
     assert_eq!(f.errors, 1);
     assert_eq!(f.failover_time_s, None, "no success at all");
     let mut with_ok = recs[..1].to_vec();
     with_ok.push(ok(5500 * MS, 10 * MS));
-    let f = failover(&with_ok, "edge", w(2 * S, fault, 10 * S));
+    let f = failover(&with_ok, "edge", w(2 * S, fault, 10 * S), &[]);
     assert!((f.failover_time_s.unwrap() - 0.1).abs() < 1e-9, "{f:?}");
+    // Ignored (allowed) outcomes count neither way.
+    let f = failover(&recs, "edge", w(2 * S, fault, 10 * S), &[record::TIMEOUT]);
+    assert_eq!(f.errors, 1);
+    assert!(f.recovered);
 }
 
 #[test]
@@ -308,10 +312,13 @@ slo:
         edge.push(ok(at, 20 * MS));
     }
     let (mut data, http503) = run_data(sc, vec![("edge", edge), ("direct", direct)], Vec::new());
+    // Edge: 4 connect errors from 5.0 s to 5.15 s, then 8 allowed 503s up
+    // to 5.55 s (ignored by both the error rate and the failover time).
     for i in 0..12u64 {
+        let outcome = if i < 4 { record::CONNECT } else { http503 };
         data.targets[0]
             .records
-            .push(failed(5 * S + i * 50 * MS, MS, http503));
+            .push(failed(5 * S + i * 50 * MS, MS, outcome));
     }
     data.faults.push(FaultRecord {
         event: 0,
@@ -338,14 +345,17 @@ slo:
         "{:?}",
         get("edge", "error_rate")
     );
-    // 12 errors, last done at 5.551 s; next edge request sent at 5.6 s ok.
+    // Last counted error done at 5.151 s; the next edge request (5.2 s) is ok.
     assert!(get("edge", "failover_time").passed, "{:?}", rep.faults);
     let fo = rep.faults[0]
         .failover
         .iter()
         .find(|f| f.target == "edge")
         .unwrap();
-    assert!((fo.failover_time_s.unwrap() - 0.551).abs() < 1e-9, "{fo:?}");
+    assert_eq!(fo.errors, 4, "{fo:?}");
+    assert!((fo.failover_time_s.unwrap() - 0.151).abs() < 1e-9, "{fo:?}");
+    let er = get("edge", "error_rate");
+    assert!(er.actual.starts_with("3.571% (4 of 112)"), "{er:?}");
     assert!(
         get("edge", "p99_overhead").passed,
         "+10 ms vs 15 ms: {:?}",

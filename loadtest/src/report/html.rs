@@ -152,8 +152,24 @@ pub fn chart(
     }
     // Grid and y ticks.
     if log_y {
-        let mut v = y_lo;
-        while v <= y_hi * 1.0001 {
+        // Decades, plus 2x and 5x ticks when the range is narrow.
+        let decades = (y_hi / y_lo).log10().round() as i32;
+        let mults: &[f64] = if decades <= 2 {
+            &[1.0, 2.0, 5.0]
+        } else {
+            &[1.0]
+        };
+        let mut ticks = Vec::new();
+        let mut d = y_lo;
+        while d <= y_hi * 1.0001 {
+            for m in mults {
+                if d * m <= y_hi * 1.0001 {
+                    ticks.push(d * m);
+                }
+            }
+            d *= 10.0;
+        }
+        for v in ticks {
             let y = ypos(v);
             let _ = write!(
                 s,
@@ -163,7 +179,6 @@ pub fn chart(
                 y + 4.0,
                 fmt_tick(v)
             );
-            v *= 10.0;
         }
     } else {
         let step = nice_step(y_hi - y_lo, 5.0);

@@ -19,13 +19,17 @@
 //!   the control request), per target. The event's requests are those sent
 //!   (intended) between `T` and the next fault event `T_next` (or the end of
 //!   the run), plus those sent since the previous event that finished
-//!   between `T` and `T_next` (in flight when the fault hit). With no errors
+//!   between `T` and `T_next` (in flight when the fault hit); "sent" here is
+//!   when the request actually went out (intended time + send lag), since
+//!   that is what the faulted system saw. With no errors
 //!   among them the failover time is 0. Otherwise it is `t_last_error - T`,
 //!   where `t_last_error` is when the last failed one finished, provided
 //!   success resumed: a request sent at or after `t_last_error` (and before
 //!   `T_next`) succeeded. If none did, the target did not recover before the
 //!   next event and the failover time is undefined (an SLO on it fails).
-//!   `recovery` is when that first success finished, minus `T`.
+//!   `recovery` is when that first success finished, minus `T`. Outcomes
+//!   the target's SLO lists in `allowed_errors` (expected errors such as
+//!   `http_429:budget_exceeded`) count neither as errors nor as successes.
 
 pub mod html;
 pub mod text;
@@ -609,15 +613,19 @@ pub struct EventWindow {
 
 /// Failover analysis of one event for one target's records (see the
 /// module docs for the definition).
-pub fn failover(records: &[Record], target: &str, w: EventWindow) -> Failover {
+/// Outcomes in `ignore` (a target's `allowed_errors`) count neither as
+/// errors nor as successes.
+pub fn failover(records: &[Record], target: &str, w: EventWindow, ignore: &[u32]) -> Failover {
     // The event's requests: sent in [at, until), or sent since the previous
     // event and finished in [at, until) (in flight when the event hit).
+    // "Sent" is when the request actually went out (intended time + send
+    // lag): that is what the faulted system saw.
+    let sent = |r: &Record| r.intended_ns.saturating_add(r.send_lag_ns);
     let belongs = |r: &&Record| {
-        (r.intended_ns >= w.at && r.intended_ns < w.until)
-            || (r.intended_ns >= w.since
-                && r.intended_ns < w.at
-                && r.done_ns() >= w.at
-                && r.done_ns() < w.until)
+        let s = sent(r);
+        !ignore.contains(&r.outcome)
+            && ((s >= w.at && s < w.until)
+                || (s >= w.since && s < w.at && r.done_ns() >= w.at && r.done_ns() < w.until))
     };
     let mut errors = 0u64;
     let mut first_err: Option<u64> = None;
@@ -646,7 +654,7 @@ pub fn failover(records: &[Record], target: &str, w: EventWindow) -> Failover {
             // within the window, succeeded.
             let first_ok_after = records
                 .iter()
-                .filter(|r| r.ok() && r.intended_ns >= last && r.intended_ns < w.until)
+                .filter(|r| r.ok() && sent(r) >= last && sent(r) < w.until)
                 .map(|r| r.done_ns())
                 .min();
             Failover {
@@ -661,6 +669,27 @@ pub fn failover(records: &[Record], target: &str, w: EventWindow) -> Failover {
             }
         }
     }
+}
+
+/// Whether outcome label `ty` is covered by an `allowed_errors` entry
+/// (`http_429` also covers `http_429:<code>`).
+pub fn is_allowed(allowed: &[String], ty: &str) -> bool {
+    allowed
+        .iter()
+        .any(|a| ty == a || (ty.starts_with(a.as_str()) && ty[a.len()..].starts_with(':')))
+}
+
+/// Outcome ids of the target's SLO `allowed_errors`.
+fn allowed_ids(data: &RunData, target: &str) -> Vec<u32> {
+    let Some(slo) = data.scenario.slo.get(target) else {
+        return Vec::new();
+    };
+    data.labels
+        .iter()
+        .enumerate()
+        .filter(|(id, l)| *id as u32 != record::OK && is_allowed(&slo.allowed_errors, l))
+        .map(|(id, _)| id as u32)
+        .collect()
 }
 
 fn fault_reports(data: &RunData) -> Vec<FaultReport> {
@@ -689,7 +718,10 @@ fn fault_reports(data: &RunData) -> Vec<FaultReport> {
             .iter()
             .enumerate()
             .filter(|(i, _)| f.target.is_none_or(|t| t == *i))
-            .map(|(_, t)| failover(&t.records, &t.name, window))
+            .map(|(_, t)| {
+                let ignore = allowed_ids(data, &t.name);
+                failover(&t.records, &t.name, window, &ignore)
+            })
             .collect();
         out.push(FaultReport {
             event: f.event,
@@ -791,11 +823,7 @@ fn check_target(
         }
     }
     if let Some(max) = slo.error_rate {
-        let allowed = |ty: &str| {
-            slo.allowed_errors
-                .iter()
-                .any(|a| ty == a || ty.starts_with(&format!("{a}:")))
-        };
+        let allowed = |ty: &str| is_allowed(&slo.allowed_errors, ty);
         let counted: u64 = t
             .errors_by_type
             .iter()
