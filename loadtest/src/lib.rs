@@ -39,6 +39,7 @@ pub mod cli;
 pub mod client;
 pub mod mock;
 pub mod procwatch;
+pub mod propagation;
 pub mod record;
 pub mod report;
 pub mod runner;

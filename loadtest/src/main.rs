@@ -24,6 +24,8 @@ enum Command {
     Run(RunArgs),
     /// Measure the load generator's own ceiling against the mock.
     Ceiling(CeilingArgs),
+    /// Measure config propagation: apply returning → every edge serving it.
+    Propagation(switchyard_loadtest::propagation::PropagationArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Command::Run(a) => a.threads,
         Command::Ceiling(a) => a.threads,
-        Command::Mock(_) => None,
+        Command::Mock(_) | Command::Propagation(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Mock(args) => rt.block_on(cli::run_mock(args)).map(|()| cli::EXIT_OK),
         Command::Run(args) => rt.block_on(cli::run_run(args)),
         Command::Ceiling(args) => rt.block_on(cli::run_ceiling(args)),
+        Command::Propagation(args) => rt.block_on(switchyard_loadtest::propagation::run_cli(args)),
     };
     // Do not wait for stray tasks (e.g. pooled connections) at exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
