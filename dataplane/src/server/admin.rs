@@ -21,6 +21,31 @@ pub struct AdminApp {
     pub ready: Arc<AtomicBool>,
     /// The served config's metadata (readiness, `/admin/config`).
     pub config_state: Arc<ConfigState>,
+    /// The client-facing listener; ready only once it accepts connections.
+    pub listen: std::net::SocketAddr,
+    /// Set once the client listener accepted a probe connection.
+    pub listening: AtomicBool,
+}
+
+impl AdminApp {
+    /// Whether the client-facing listener accepts connections (Pingora
+    /// starts the admin and client services independently). Probed with a
+    /// loopback connect until it succeeds once.
+    fn client_listener_up(&self) -> bool {
+        if self.listening.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let up = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100))
+            .is_ok();
+        if up {
+            self.listening.store(true, Ordering::Relaxed);
+        }
+        up
+    }
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -73,7 +98,10 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.ready.load(Ordering::Relaxed) && self.config_state.is_ready() {
+                if self.ready.load(Ordering::Relaxed)
+                    && self.config_state.is_ready()
+                    && self.client_listener_up()
+                {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else if !self.config_state.is_serving() {
                     reply(503, "text/plain", b"not ready: no config yet\n".to_vec())

@@ -404,6 +404,11 @@ pub fn run(opts: EdgeOptions) -> Result<(), StartupError> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         config_state: config_state.clone(),
+        listen: listen.parse().map_err(|e| StartupError::Bind {
+            addr: listen.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")),
+        })?,
+        listening: std::sync::atomic::AtomicBool::new(false),
     });
     let mut admin = Service::new("switchyard admin".to_string(), admin_app);
     admin.add_tcp(&admin_listen);

@@ -130,8 +130,10 @@ impl Edge {
     }
 
     fn log_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.call_log)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.call_log).unwrap_or_default();
+        // The writer may be mid-line: only complete lines count.
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).expect("call log line is JSON"))
