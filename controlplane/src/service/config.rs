@@ -80,15 +80,7 @@ impl ConfigService for ConfigApi {
         let res = req
             .resource
             .ok_or_else(|| Status::invalid_argument("resource is required"))?;
-        let m = Mutation {
-            operation: "apply_resource",
-            rollback_of: 0,
-            change: Box::new(move |cur| {
-                let mut next = cur.clone();
-                versioning::apply_resource(&mut next, res.clone()).map_err(resource_status)?;
-                Ok(next)
-            }),
-        };
+        let m = upsert("apply_resource", res);
         self.state.write(req.options, m).await.map(Response::new)
     }
 
@@ -338,15 +330,7 @@ impl ConfigService for ConfigApi {
             name: budget.name.clone(),
             spec: Some(Spec::Budget(budget)),
         };
-        let m = Mutation {
-            operation: "set_budget",
-            rollback_of: 0,
-            change: Box::new(move |cur| {
-                let mut next = cur.clone();
-                versioning::apply_resource(&mut next, res.clone()).map_err(resource_status)?;
-                Ok(next)
-            }),
-        };
+        let m = upsert("set_budget", res);
         self.state.write(req.options, m).await.map(Response::new)
     }
 
@@ -403,5 +387,18 @@ impl ConfigService for ConfigApi {
             a.edges.sort_by(|x, y| x.edge_id.cmp(&y.edge_id));
         }
         Ok(Response::new(GetBudgetStatusResponse { allocations }))
+    }
+}
+
+/// A write that merges one resource into the current document.
+fn upsert(operation: &'static str, res: Resource) -> Mutation<'static> {
+    Mutation {
+        operation,
+        rollback_of: 0,
+        change: Box::new(move |cur| {
+            let mut next = cur.clone();
+            versioning::apply_resource(&mut next, res.clone()).map_err(resource_status)?;
+            Ok(next)
+        }),
     }
 }
